@@ -215,10 +215,31 @@ pub fn decode_raw(data_type: DataType, order: WordOrder, regs: &[u16]) -> Result
             if !v.is_finite() {
                 return Err(DecodeError::NotFinite);
             }
-            f64::from(v)
+            widen_f32(v)
         }
     };
     Ok(value)
+}
+
+/// Widens an f32 to the f64 nearest the decimal the device meant: the f32 nearest 3.1 is
+/// 3.0999999046…, and `f64::from` would carry that error into every sink and alarm message.
+/// The shortest decimal that round-trips the f32 (ryu) is the value the device meant.
+fn widen_f32(v: f32) -> f64 {
+    let mut buf = ryu::Buffer::new();
+    buf.format_finite(v).parse().unwrap_or(f64::from(v))
+}
+
+/// `raw × scale`, correctly rounded for the decimal scales devices use (0.1, 0.01, …):
+/// dividing by 10 rounds once, multiplying by the inexact 0.1 does not (123 × 0.1 =
+/// 12.300000000000001, 123 / 10 = 12.3).
+fn apply_scale(raw: f64, scale: f64) -> f64 {
+    let inverse = 1.0 / scale;
+    let rounded = round_half_away(inverse);
+    if scale.abs() < 1.0 && (inverse - rounded).abs() < 1e-9 * rounded.abs() {
+        raw / rounded
+    } else {
+        raw * scale
+    }
 }
 
 /// Encodes a raw number into registers (the inverse of [`decode_raw`]); integers are rounded
@@ -391,7 +412,7 @@ impl ChannelMap {
         conditions: &ReferenceConditions,
     ) -> Result<f64, DecodeError> {
         let raw = decode_raw(self.data_type, self.word_order, regs)?;
-        let value = raw * self.scale + self.offset;
+        let value = apply_scale(raw, self.scale) + self.offset;
         Ok(to_canonical(self.quantity, value, self.unit(), conditions)?)
     }
 
@@ -582,6 +603,19 @@ impl RegisterMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_scales_and_f32_values_come_out_as_the_device_meant_them() {
+        assert_eq!(apply_scale(123.0, 0.1), 12.3);
+        assert_eq!(apply_scale(-2.0, 0.01), -0.02);
+        assert_eq!(apply_scale(7.0, 2.5), 17.5);
+        assert_eq!(widen_f32(3.1), 3.1);
+        assert_eq!(widen_f32(20.9), 20.9);
+        // Widening never changes the f32 the device sent.
+        for v in [f32::MAX, f32::MIN_POSITIVE, -1.0e-45, 123.456] {
+            assert_eq!(widen_f32(v) as f32, v);
+        }
+    }
 
     #[test]
     fn rounding_is_half_away_from_zero() {
