@@ -6,7 +6,7 @@
 //! | module | what it defines |
 //! |---|---|
 //! | [`quantity`] | the quantities the network measures: canonical unit, valid range, resolution, HJ 212 code |
-//! | [`unit`] | units of measure and the linear conversions between them |
+//! | [`unit`](mod@unit) | units of measure and the linear conversions between them |
 //! | [`convert`] | conversions that need more than two units: ppm ↔ mg/m³, 4–20 mA loops (NAMUR NE 43), to canonical |
 //! | [`id`] | node and site ids, safe as topic levels and tag values |
 //! | [`reading`] | [`Reading`], [`Quality`] and its one-to-one mapping onto HJ 212 data flags |

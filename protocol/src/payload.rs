@@ -136,8 +136,6 @@ pub struct NodeCommand {
 pub enum PayloadError {
     /// Not valid JSON for this payload (missing field, wrong type, unknown quantity, …).
     Json(serde_json_core::de::Error),
-    /// Bytes after the JSON value.
-    TrailingBytes,
     /// A `"v"` other than [`PAYLOAD_VERSION`].
     UnsupportedVersion(u8),
     /// A value that cannot be converted to the quantity's canonical unit.
@@ -160,7 +158,6 @@ impl fmt::Display for PayloadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PayloadError::Json(e) => write!(f, "invalid JSON payload: {e}"),
-            PayloadError::TrailingBytes => f.write_str("unexpected bytes after the JSON value"),
             PayloadError::UnsupportedVersion(v) => write!(
                 f,
                 "payload version {v} is not supported (this build reads {PAYLOAD_VERSION})"
@@ -175,13 +172,12 @@ impl fmt::Display for PayloadError {
 #[cfg(feature = "std")]
 impl std::error::Error for PayloadError {}
 
-/// Parses a whole JSON payload; surrounding whitespace is allowed, other trailing bytes not.
+/// Parses a whole JSON payload (serde-json-core refuses bytes after the value, except
+/// whitespace).
 fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, PayloadError> {
-    let (value, used) = serde_json_core::from_slice::<T>(bytes).map_err(PayloadError::Json)?;
-    if !bytes[used..].iter().all(u8::is_ascii_whitespace) {
-        return Err(PayloadError::TrailingBytes);
-    }
-    Ok(value)
+    serde_json_core::from_slice::<T>(bytes)
+        .map(|(value, _)| value)
+        .map_err(PayloadError::Json)
 }
 
 fn write<T: Serialize>(value: &T, out: &mut [u8]) -> Result<usize, PayloadError> {

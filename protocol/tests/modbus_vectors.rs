@@ -58,7 +58,10 @@ fn a_corrupted_reference_frame_is_refused_with_both_crcs() {
             }
         }
     }
-    assert_eq!(check_rtu_adu(&[0x01, 0x03, 0x00]), Err(RtuCrcError::TooShort { len: 3 }));
+    assert_eq!(
+        check_rtu_adu(&[0x01, 0x03, 0x00]),
+        Err(RtuCrcError::TooShort { len: 3 })
+    );
 }
 
 #[test]
@@ -75,7 +78,10 @@ fn register_values_in_the_reference_response_decode() {
         .map(|c| u16::from_be_bytes([c[0], c[1]]))
         .collect();
     assert_eq!(regs, [0xFFFF]);
-    assert_eq!(decode_raw(DataType::U16, WordOrder::ABCD, &regs), Ok(65535.0));
+    assert_eq!(
+        decode_raw(DataType::U16, WordOrder::ABCD, &regs),
+        Ok(65535.0)
+    );
     assert_eq!(decode_raw(DataType::I16, WordOrder::ABCD, &regs), Ok(-1.0));
 
     // "11 03 00 6B 00 03 76 87": the application-protocol spec's FC03 request for registers
@@ -84,10 +90,14 @@ fn register_values_in_the_reference_response_decode() {
     let mut adu = response_body.to_vec();
     adu.extend_from_slice(&rtu_crc_bytes(&response_body));
     let body = check_rtu_adu(&adu).unwrap();
-    let regs: Vec<u16> =
-        body[3..].chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
-    let decoded: Vec<f64> =
-        regs.iter().map(|r| decode_raw(DataType::U16, WordOrder::ABCD, &[*r]).unwrap()).collect();
+    let regs: Vec<u16> = body[3..]
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect();
+    let decoded: Vec<f64> = regs
+        .iter()
+        .map(|r| decode_raw(DataType::U16, WordOrder::ABCD, &[*r]).unwrap())
+        .collect();
     assert_eq!(decoded, [555.0, 0.0, 100.0]);
 }
 
@@ -101,15 +111,55 @@ const WORD_ORDER_CASES: &[(DataType, WordOrder, [u16; 2], f64)] = &[
     // f32 -0.5 = 0xBF000000
     (DataType::F32, WordOrder::CDAB, [0x0000, 0xBF00], -0.5),
     // i32 -123456789 = 0xF8A432EB
-    (DataType::I32, WordOrder::ABCD, [0xF8A4, 0x32EB], -123_456_789.0),
-    (DataType::I32, WordOrder::CDAB, [0x32EB, 0xF8A4], -123_456_789.0),
-    (DataType::I32, WordOrder::BADC, [0xA4F8, 0xEB32], -123_456_789.0),
-    (DataType::I32, WordOrder::DCBA, [0xEB32, 0xA4F8], -123_456_789.0),
+    (
+        DataType::I32,
+        WordOrder::ABCD,
+        [0xF8A4, 0x32EB],
+        -123_456_789.0,
+    ),
+    (
+        DataType::I32,
+        WordOrder::CDAB,
+        [0x32EB, 0xF8A4],
+        -123_456_789.0,
+    ),
+    (
+        DataType::I32,
+        WordOrder::BADC,
+        [0xA4F8, 0xEB32],
+        -123_456_789.0,
+    ),
+    (
+        DataType::I32,
+        WordOrder::DCBA,
+        [0xEB32, 0xA4F8],
+        -123_456_789.0,
+    ),
     // u32 3000000000 = 0xB2D05E00
-    (DataType::U32, WordOrder::ABCD, [0xB2D0, 0x5E00], 3_000_000_000.0),
-    (DataType::U32, WordOrder::CDAB, [0x5E00, 0xB2D0], 3_000_000_000.0),
-    (DataType::U32, WordOrder::BADC, [0xD0B2, 0x005E], 3_000_000_000.0),
-    (DataType::U32, WordOrder::DCBA, [0x005E, 0xD0B2], 3_000_000_000.0),
+    (
+        DataType::U32,
+        WordOrder::ABCD,
+        [0xB2D0, 0x5E00],
+        3_000_000_000.0,
+    ),
+    (
+        DataType::U32,
+        WordOrder::CDAB,
+        [0x5E00, 0xB2D0],
+        3_000_000_000.0,
+    ),
+    (
+        DataType::U32,
+        WordOrder::BADC,
+        [0xD0B2, 0x005E],
+        3_000_000_000.0,
+    ),
+    (
+        DataType::U32,
+        WordOrder::DCBA,
+        [0x005E, 0xD0B2],
+        3_000_000_000.0,
+    ),
 ];
 
 #[test]
@@ -130,21 +180,45 @@ fn word_orders_decode_and_encode_independent_cases() {
 #[test]
 fn single_register_byte_orders() {
     // i16 -2 = 0xFFFE; byte-swapped orders read 0xFEFF.
-    assert_eq!(decode_raw(DataType::I16, WordOrder::ABCD, &[0xFFFE]), Ok(-2.0));
-    assert_eq!(decode_raw(DataType::I16, WordOrder::BADC, &[0xFEFF]), Ok(-2.0));
-    assert_eq!(decode_raw(DataType::U16, WordOrder::DCBA, &[0x3412]), Ok(f64::from(0x1234u16)));
+    assert_eq!(
+        decode_raw(DataType::I16, WordOrder::ABCD, &[0xFFFE]),
+        Ok(-2.0)
+    );
+    assert_eq!(
+        decode_raw(DataType::I16, WordOrder::BADC, &[0xFEFF]),
+        Ok(-2.0)
+    );
+    assert_eq!(
+        decode_raw(DataType::U16, WordOrder::DCBA, &[0x3412]),
+        Ok(f64::from(0x1234u16))
+    );
 }
 
 #[test]
 fn malformed_registers_give_typed_errors() {
     assert_eq!(
         decode_raw(DataType::F32, WordOrder::ABCD, &[0x42F6]),
-        Err(DecodeError::WrongLength { expected: 2, got: 1 })
+        Err(DecodeError::WrongLength {
+            expected: 2,
+            got: 1
+        })
     );
     // f32 NaN 0x7FC00000 and +inf 0x7F800000: devices use them to flag a failed sensor.
-    assert_eq!(decode_raw(DataType::F32, WordOrder::ABCD, &[0x7FC0, 0x0000]), Err(DecodeError::NotFinite));
-    assert_eq!(decode_raw(DataType::F32, WordOrder::ABCD, &[0x7F80, 0x0000]), Err(DecodeError::NotFinite));
+    assert_eq!(
+        decode_raw(DataType::F32, WordOrder::ABCD, &[0x7FC0, 0x0000]),
+        Err(DecodeError::NotFinite)
+    );
+    assert_eq!(
+        decode_raw(DataType::F32, WordOrder::ABCD, &[0x7F80, 0x0000]),
+        Err(DecodeError::NotFinite)
+    );
     let mut out = [0u16; 1];
-    assert_eq!(encode_raw(DataType::U16, WordOrder::ABCD, 70_000.0, &mut out), Err(DecodeError::DoesNotFit));
-    assert_eq!(encode_raw(DataType::I16, WordOrder::ABCD, -40_000.0, &mut out), Err(DecodeError::DoesNotFit));
+    assert_eq!(
+        encode_raw(DataType::U16, WordOrder::ABCD, 70_000.0, &mut out),
+        Err(DecodeError::DoesNotFit)
+    );
+    assert_eq!(
+        encode_raw(DataType::I16, WordOrder::ABCD, -40_000.0, &mut out),
+        Err(DecodeError::DoesNotFit)
+    );
 }
