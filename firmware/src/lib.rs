@@ -2,8 +2,18 @@
 //!
 //! # Module map
 //!
-//! Nothing is implemented yet; the crate exists so that the workspace, its lints and the
-//! embedded build are in place. The node core (drivers, sampling, the local fail-safe alarm,
-//! the Modbus RTU slave and the update receiver) lands with its own issue. It speaks the node
-//! profile defined in [`tianzhong_protocol::registers::profile`].
+//! | module | what |
+//! |---|---|
+//! | [`hal`] | our small hardware traits: ADC channels and pulse counters |
+//! | [`drivers`] | sensor drivers, one per file, tested against their datasheets |
+//! | [`modbus`] | the Modbus RTU slave: frame assembly, function codes, exceptions |
+//!
+//! The node speaks the profile defined in [`tianzhong_protocol::registers::profile`].
 #![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod drivers;
+pub mod hal;
+pub mod modbus;
