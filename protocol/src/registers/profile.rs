@@ -61,6 +61,11 @@
 //! | `0x1001` | 1 | baud rate ÷ 100 (96 = 9600, 1152 = 115 200) |
 //! | `0x1002` | 1 | parity: 0 none, 1 odd, 2 even |
 //! | `0x1003` | 1 | command: write [`Command`] codes; reads 0 |
+//! | `0x1004` | 1 | mode ([`NodeMode`]): 0 normal, 1 maintenance, 2 calibrating |
+//!
+//! Communication settings (`0x1000`–`0x1002`) take effect at the next boot, so the reply to the
+//! write that changes them still reaches the master. 32-bit values must be written whole
+//! (function code 16); a write that covers half of one is refused with exception 02.
 //!
 //! Channel `n`'s configuration occupies [`CONFIG_STRIDE`] registers from `0x1010 + 16·n`:
 //!
@@ -69,13 +74,14 @@
 //! | +0 | 1 | sampling interval, seconds |
 //! | +1 | 1 | local alarm flags ([`AlarmFlags`]) |
 //! | +2 | 2 | set point 1, f32, canonical unit |
-//! | +4 | 2 | set point 2, f32, canonical unit (≥ set point 1 for high alarms, ≤ for low) |
+//! | +4 | 2 | set point 2, f32, canonical unit: ≥ set point 1 for high alarms, ≤ for low ones; for a window alarm set point 1 is the low limit and set point 2 the high one |
 //! | +6 | 2 | hysteresis (deadband), f32, canonical unit |
 //! | +8 | 2 | calibration offset, f32 (`value = raw × scale + offset`) |
 //! | +10 | 2 | calibration scale, f32 |
 //! | +12 | 1 | alarm level raised at set point 1 |
 //! | +13 | 1 | alarm level raised at set point 2 |
-//! | +14 | 2 | reserved, 0 |
+//! | +14 | 1 | filter window: moving average over 1–8 samples (1 = unfiltered) |
+//! | +15 | 1 | reserved, 0 |
 
 use core::fmt;
 
@@ -106,6 +112,8 @@ pub const CHANNEL_BLOCK: u16 = 0x0110;
 pub const CHANNEL_STRIDE: u16 = 6;
 /// First register of the configuration block (holding registers).
 pub const CONFIG_BLOCK: u16 = 0x1000;
+/// Registers of the general part of the configuration block, from [`CONFIG_BLOCK`].
+pub const CONFIG_GENERAL_LEN: u16 = 5;
 /// First register of the per-channel configuration (holding registers).
 pub const CHANNEL_CONFIG_BLOCK: u16 = 0x1010;
 /// Registers per channel in the configuration block.
@@ -241,6 +249,34 @@ impl Command {
     }
 }
 
+/// Operating mode at `0x1004`; it sets the quality every channel reports. A node leaves
+/// maintenance and calibration on its own after 30 minutes, so a forgotten mode cannot keep
+/// a gas detector's alarm inhibited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u16)]
+pub enum NodeMode {
+    /// Measuring.
+    #[default]
+    Normal = 0,
+    /// Under maintenance: values are reported as uncertain (HJ 212 `M`).
+    Maintenance = 1,
+    /// Calibration gas applied: values are reported as bad (HJ 212 `C`) and do not raise
+    /// local alarms.
+    Calibrating = 2,
+}
+
+impl NodeMode {
+    /// The mode with this code.
+    pub fn from_code(code: u16) -> Option<NodeMode> {
+        match code {
+            0 => Some(NodeMode::Normal),
+            1 => Some(NodeMode::Maintenance),
+            2 => Some(NodeMode::Calibrating),
+            _ => None,
+        }
+    }
+}
+
 /// Local alarm flag bits at channel configuration offset +1.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AlarmFlags(pub u16);
@@ -252,6 +288,11 @@ impl AlarmFlags {
     pub const LATCHING: u16 = 1 << 1;
     /// The alarm is on the low side (e.g. oxygen deficiency): it trips below the set points.
     pub const LOW_SIDE: u16 = 1 << 2;
+    /// A window alarm: set point 1 is a low limit and set point 2 a high limit (oxygen:
+    /// deficiency below 19.5 %vol, enrichment above 23.5 %vol).
+    pub const WINDOW: u16 = 1 << 3;
+    /// Every defined bit.
+    pub const ALL: u16 = Self::ENABLED | Self::LATCHING | Self::LOW_SIDE | Self::WINDOW;
 
     /// Whether `bit` is set.
     pub const fn has(self, bit: u16) -> bool {
