@@ -7,6 +7,7 @@
 //! | [`hal`] | our small hardware traits: ADC channels and pulse counters |
 //! | [`drivers`] | sensor drivers, one per file, tested against their datasheets |
 //! | [`modbus`] | the Modbus RTU slave: frame assembly, function codes, exceptions |
+//! | [`sim`] | simulated sensor hardware (I²C sensors, ADC, pulse counter) for the QEMU board, the simulator and tests |
 //! | [`node`] | the sans-IO node core: sampling, calibration, quality, local alarm, register image, configuration |
 //!
 //! The node speaks the profile defined in [`tianzhong_protocol::registers::profile`].
@@ -19,3 +20,4 @@ pub mod drivers;
 pub mod hal;
 pub mod modbus;
 pub mod node;
+pub mod sim;

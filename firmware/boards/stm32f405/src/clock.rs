@@ -22,12 +22,17 @@ impl MicroClock {
     pub fn start(tim: TIM2, rcc: &mut Rcc, timer_clock_hz: u32) -> MicroClock {
         TIM2::enable(rcc);
         TIM2::reset(rcc);
-        tim.psc().write(|w| w.psc().set((timer_clock_hz / 1_000_000 - 1) as u16));
+        tim.psc()
+            .write(|w| w.psc().set((timer_clock_hz / 1_000_000 - 1) as u16));
         tim.arr().write(|w| w.arr().set(u32::MAX));
         // Load the prescaler now rather than at the first overflow.
         tim.egr().write(|w| w.ug().set_bit());
         tim.cr1().modify(|_, w| w.cen().set_bit());
-        MicroClock { tim, high: 0, last: 0 }
+        MicroClock {
+            tim,
+            high: 0,
+            last: 0,
+        }
     }
 
     /// The raw 32-bit counter (for interrupt handlers timestamping bytes).
@@ -68,7 +73,10 @@ impl WakeTimer {
         syst.set_clock_source(SystClkSource::Core);
         syst.disable_counter();
         syst.enable_interrupt();
-        WakeTimer { syst, cycles_per_us: (core_clock_hz / 1_000_000).max(1) }
+        WakeTimer {
+            syst,
+            cycles_per_us: (core_clock_hz / 1_000_000).max(1),
+        }
     }
 
     /// Arms the timer to fire in `us` microseconds (at least one cycle, at most the reload
@@ -85,4 +93,19 @@ impl WakeTimer {
 /// Stops SysTick after it fired, so a short reload does not keep interrupting.
 pub fn on_systick(syst: &mut SYST) {
     syst.disable_counter();
+}
+
+/// A busy-wait delay on the TIM2 microsecond counter, for the drivers' datasheet waits (a few
+/// milliseconds at most, from the main loop only).
+pub struct ClockDelay;
+
+impl embedded_hal::delay::DelayNs for ClockDelay {
+    fn delay_ns(&mut self, ns: u32) {
+        // Only TIM2's counter is read; MicroClock owns the timer's configuration.
+        #[allow(unsafe_code)]
+        let tim = unsafe { TIM2::steal() };
+        let start = MicroClock::raw(&tim);
+        let us = ns.div_ceil(1000);
+        while MicroClock::raw(&tim).wrapping_sub(start) < us {}
+    }
 }

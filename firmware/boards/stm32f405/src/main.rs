@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `clock` | TIM2 microsecond clock, SysTick wake-up timer |
 //! | `link` | RS-485 on USART1: timestamped receive interrupt, transmit with driver enable |
+//! | `sensors` | the six channels read through the firmware's drivers |
 //! | `board` | the real board: clocks, I2C sensors, ADC inputs, relays, watchdog, flash |
 //! | `qemu` | the QEMU `netduinoplus2` variant: simulated sensors, nothing QEMU does not model |
 //!
@@ -15,12 +16,13 @@
 #![no_std]
 #![no_main]
 
-mod clock;
-mod link;
 #[cfg(not(feature = "qemu"))]
 mod board;
+mod clock;
+mod link;
 #[cfg(feature = "qemu")]
 mod qemu;
+mod sensors;
 
 use cortex_m_rt::{entry, exception};
 use tianzhong_firmware::modbus::RtuTiming;
@@ -50,7 +52,14 @@ pub trait Board {
 /// Channels of this node, in register order.
 pub const CHANNELS: [tianzhong_protocol::Quantity; 6] = {
     use tianzhong_protocol::Quantity::*;
-    [CombustibleGas, AirTemperature, RelativeHumidity, Co2, WaterLevel, Rainfall]
+    [
+        CombustibleGas,
+        AirTemperature,
+        RelativeHumidity,
+        Co2,
+        WaterLevel,
+        Rainfall,
+    ]
 };
 
 /// The node's identity.
@@ -59,7 +68,11 @@ fn identity() -> NodeIdentity {
     let text = |s: &str| heapless::String::try_from(s).unwrap_or_default();
     NodeIdentity {
         vendor: text("Tianzhong"),
-        model: text(if cfg!(feature = "qemu") { "TZ-NODE-F4-QEMU" } else { "TZ-NODE-F4" }),
+        model: text(if cfg!(feature = "qemu") {
+            "TZ-NODE-F4-QEMU"
+        } else {
+            "TZ-NODE-F4"
+        }),
         serial: text(option_env!("TZ_SERIAL").unwrap_or("DEV-0001")),
         firmware: FirmwareVersion {
             major: parse(env!("CARGO_PKG_VERSION_MAJOR")) as u8,
@@ -87,7 +100,7 @@ pub struct Parts<B, DE> {
     link: Link<DE>,
     clock: MicroClock,
     wake: WakeTimer,
-    baud: u32,
+    timing: RtuTiming,
 }
 
 #[entry]
@@ -107,7 +120,7 @@ fn run<B: Board, DE: DriverEnable>(mut parts: Parts<B, DE>) -> ! {
         panic!("channel table");
     };
     let unit = core.config().unit_address as u8;
-    let Ok(mut slave) = RtuSlave::new(unit, RtuTiming::from_baud(parts.baud)) else {
+    let Ok(mut slave) = RtuSlave::new(unit, parts.timing) else {
         panic!("unit address validated by the configuration");
     };
     let mut reply = [0u8; 256];
@@ -152,7 +165,9 @@ fn run<B: Board, DE: DriverEnable>(mut parts: Parts<B, DE>) -> ! {
             .unwrap_or(u64::MAX)
             .min(core.next_due_ms().saturating_mul(1000))
             .min(now_us + 1_000_000);
-        let wait = next_us.saturating_sub(parts.clock.now_us()).min(u64::from(u32::MAX)) as u32;
+        let wait = next_us
+            .saturating_sub(parts.clock.now_us())
+            .min(u64::from(u32::MAX)) as u32;
         if wait > 0 {
             parts.wake.arm(wait);
             critical_section::with(|cs| {

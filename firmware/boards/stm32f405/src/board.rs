@@ -1,0 +1,305 @@
+//! The real board: an STM32F405 with an 8 MHz crystal.
+//!
+//! | function | peripheral | pins |
+//! |---|---|---|
+//! | RS-485 (Modbus RTU) | USART1, driver enable on a GPIO | PA9 TX, PA10 RX, PA8 DE |
+//! | SHT4x, SCD4x | I2C1, 100 kHz | PB6 SCL, PB7 SDA |
+//! | gas bridge, 4–20 mA shunt | ADC1 channels 1 and 2 | PA1, PA2 |
+//! | rain gauge reed switch | TIM5 channel 1 as external clock, input filter on | PA0 |
+//! | relay 1, relay 2 / buzzer, fault relay | GPIO outputs | PB12, PB13, PB14 |
+//! | watchdog | IWDG, 2 s | — |
+//! | configuration | flash sectors 10 and 11 (see `memory.x`) | — |
+//!
+//! The fault relay is energised while the node is healthy, so a dead node, a cut wire or a
+//! lost supply all read as a fault at the control room.
+
+use core::cell::RefCell;
+
+use embedded_storage::nor_flash::{ErrorType, NorFlash, ReadNorFlash};
+use stm32f4xx_hal::adc::Adc;
+use stm32f4xx_hal::adc::config::{AdcConfig, SampleTime};
+use stm32f4xx_hal::flash::{self, FlashExt, LockedFlash};
+use stm32f4xx_hal::gpio::{Analog, Output, Pin, PushPull};
+use stm32f4xx_hal::i2c::I2c;
+use stm32f4xx_hal::pac::{self, ADC1, I2C1, TIM5};
+use stm32f4xx_hal::prelude::*;
+use stm32f4xx_hal::rcc::{Config as ClockConfig, Enable, Reset};
+use stm32f4xx_hal::serial::Config;
+use stm32f4xx_hal::watchdog::IndependentWatchdog;
+use tianzhong_firmware::hal::{AdcChannel, PulseCounter};
+use tianzhong_firmware::modbus::RtuTiming;
+use tianzhong_firmware::node::alarm::outputs;
+use tianzhong_firmware::node::config::NodeConfig;
+use tianzhong_firmware::node::storage::{ConfigSlots, ConfigStore};
+use tianzhong_firmware::node::{BootInfo, Sample};
+use tianzhong_protocol::registers::profile::ResetReason;
+
+use crate::clock::{ClockDelay, MicroClock, WakeTimer};
+use crate::link::{DriverEnable, Link};
+use crate::sensors::Sensors;
+use crate::{Board, Parts};
+
+/// Configuration slots: flash sectors 10 and 11, as offsets from the start of flash.
+const CONFIG_SLOTS: ConfigSlots = ConfigSlots {
+    a: 0x000C_0000,
+    b: 0x000E_0000,
+};
+
+/// The RS-485 transceiver's driver-enable pin.
+pub struct DePin(Pin<'A', 8, Output<PushPull>>);
+
+impl DriverEnable for DePin {
+    fn set(&mut self, transmit: bool) {
+        self.0.set_state(transmit.into());
+    }
+}
+
+type SharedAdc = RefCell<Adc<ADC1>>;
+
+/// One ADC1 input.
+pub struct AdcInput<P> {
+    adc: &'static SharedAdc,
+    pin: P,
+}
+
+impl<P> AdcChannel for AdcInput<P>
+where
+    P: embedded_hal_02::adc::Channel<ADC1, ID = u8>,
+{
+    type Error = core::convert::Infallible;
+
+    fn reference_mv(&self) -> u32 {
+        3300
+    }
+
+    fn resolution_bits(&self) -> u8 {
+        12
+    }
+
+    fn read_counts(&mut self) -> Result<u32, Self::Error> {
+        // The longest sampling time: the bridge and shunt are high-impedance sources.
+        Ok(u32::from(
+            self.adc
+                .borrow_mut()
+                .convert(&self.pin, SampleTime::Cycles_480),
+        ))
+    }
+}
+
+/// TIM5 counting rain-gauge tips on PA0 (TI1, external clock mode 1), 32 bits wide.
+pub struct TipCounter(TIM5);
+
+impl TipCounter {
+    fn start(tim: TIM5, rcc: &mut stm32f4xx_hal::rcc::Rcc) -> TipCounter {
+        TIM5::enable(rcc);
+        TIM5::reset(rcc);
+        // TI1 as input with the strongest digital filter (fDTS/32, 8 samples): a reed switch
+        // bounces for a few milliseconds and each bounce must not count as a tip.
+        tim.ccmr1_input()
+            .write(|w| w.cc1s().ti1().ic1f().fdts_div32_n8());
+        // Slave mode: external clock mode 1, trigger TI1FP1.
+        tim.smcr().write(|w| w.ts().ti1fp1().sms().ext_clock_mode());
+        tim.arr().write(|w| w.arr().set(u32::MAX));
+        tim.cr1().modify(|_, w| w.cen().set_bit());
+        TipCounter(tim)
+    }
+}
+
+impl PulseCounter for TipCounter {
+    type Error = core::convert::Infallible;
+
+    fn count(&mut self) -> Result<u32, Self::Error> {
+        Ok(self.0.cnt().read().bits())
+    }
+}
+
+/// Flash as `NorFlash`, unlocked only for the duration of each erase or write.
+pub struct ConfigFlash(LockedFlash);
+
+impl ErrorType for ConfigFlash {
+    type Error = flash::Error;
+}
+
+impl ReadNorFlash for ConfigFlash {
+    const READ_SIZE: usize = 1;
+
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), flash::Error> {
+        ReadNorFlash::read(&mut self.0, offset, bytes)
+    }
+
+    fn capacity(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl NorFlash for ConfigFlash {
+    const WRITE_SIZE: usize = 1;
+    const ERASE_SIZE: usize = 128 * 1024;
+
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), flash::Error> {
+        NorFlash::erase(&mut self.0.unlocked(), from, to)
+    }
+
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), flash::Error> {
+        NorFlash::write(&mut self.0.unlocked(), offset, bytes)
+    }
+}
+
+type HwSensors = Sensors<
+    I2c<I2C1>,
+    ClockDelay,
+    AdcInput<Pin<'A', 1, Analog>>,
+    AdcInput<Pin<'A', 2, Analog>>,
+    TipCounter,
+>;
+
+/// The board's hardware once set up.
+pub struct Hardware {
+    sensors: HwSensors,
+    relay_1: Pin<'B', 12, Output<PushPull>>,
+    relay_2: Pin<'B', 13, Output<PushPull>>,
+    fault_relay: Pin<'B', 14, Output<PushPull>>,
+    watchdog: IndependentWatchdog,
+    store: ConfigStore<ConfigFlash>,
+    stored: Option<NodeConfig>,
+    boot: BootInfo,
+}
+
+fn reset_reason(rcc: &pac::RCC) -> ResetReason {
+    let csr = rcc.csr().read();
+    let reason = if csr.wdgrstf().bit_is_set() || csr.wwdgrstf().bit_is_set() {
+        ResetReason::Watchdog
+    } else if csr.borrstf().bit_is_set() {
+        ResetReason::BrownOut
+    } else if csr.porrstf().bit_is_set() {
+        ResetReason::PowerOn
+    } else if csr.sftrstf().bit_is_set() {
+        ResetReason::Software
+    } else if csr.padrstf().bit_is_set() {
+        ResetReason::Pin
+    } else {
+        ResetReason::Unknown
+    };
+    // Clear the flags so the next reset reports only its own cause.
+    rcc.csr().modify(|_, w| w.rmvf().set_bit());
+    reason
+}
+
+pub fn init() -> Parts<Hardware, DePin> {
+    let Some(dp) = pac::Peripherals::take() else {
+        panic!("peripherals taken")
+    };
+    let Some(cp) = cortex_m::Peripherals::take() else {
+        panic!("core peripherals taken")
+    };
+    let reason = reset_reason(&dp.RCC);
+    let mut rcc = dp.RCC.freeze(ClockConfig::hse(8.MHz()).sysclk(168.MHz()));
+    let clocks = rcc.clocks;
+
+    let mut watchdog = IndependentWatchdog::new(dp.IWDG);
+    watchdog.start(2000.millis());
+
+    let mut store = ConfigStore::new(ConfigFlash(LockedFlash::new(dp.FLASH)), CONFIG_SLOTS);
+    let stored = store.load().ok().flatten().map(|l| l.config);
+    let link_config = stored.unwrap_or_else(|| NodeConfig::factory(&crate::CHANNELS));
+
+    let gpioa = dp.GPIOA.split(&mut rcc);
+    let gpiob = dp.GPIOB.split(&mut rcc);
+
+    let baud = u32::from(link_config.baud_div100) * 100;
+    let serial_config = match link_config.parity {
+        1 => Config::default()
+            .baudrate(baud.bps())
+            .parity_odd()
+            .wordlength_9(),
+        2 => Config::default()
+            .baudrate(baud.bps())
+            .parity_even()
+            .wordlength_9(),
+        _ => Config::default().baudrate(baud.bps()).parity_none(),
+    };
+    let Ok(serial) = dp
+        .USART1
+        .serial::<u8>((gpioa.pa9, gpioa.pa10), serial_config, &mut rcc)
+    else {
+        panic!("USART1 configuration")
+    };
+    let (tx, rx) = serial.split();
+    let link = Link::start(tx, rx, DePin(gpioa.pa8.into_push_pull_output()));
+
+    let clock = MicroClock::start(dp.TIM2, &mut rcc, clocks.timclk1().raw());
+    let wake = WakeTimer::new(cp.SYST, clocks.hclk().raw());
+
+    let i2c = dp.I2C1.i2c((gpiob.pb6, gpiob.pb7), 100.kHz(), &mut rcc);
+    let adc = Adc::new(dp.ADC1, true, AdcConfig::default(), &mut rcc);
+    let Some(adc) = cortex_m::singleton!(: SharedAdc = RefCell::new(adc)) else {
+        panic!("ADC singleton")
+    };
+    let gas = AdcInput {
+        adc,
+        pin: gpioa.pa1.into_analog(),
+    };
+    let level = AdcInput {
+        adc,
+        pin: gpioa.pa2.into_analog(),
+    };
+    let _rain_input = gpioa.pa0.into_alternate::<2>();
+    let tips = TipCounter::start(dp.TIM5, &mut rcc);
+    let Ok(sensors) = Sensors::new(i2c, ClockDelay, gas, level, tips) else {
+        panic!("sensor setup")
+    };
+
+    let hardware = Hardware {
+        sensors,
+        relay_1: gpiob.pb12.into_push_pull_output(),
+        relay_2: gpiob.pb13.into_push_pull_output(),
+        fault_relay: gpiob.pb14.into_push_pull_output(),
+        watchdog,
+        store,
+        stored,
+        // Counting resets needs a battery-backed register this board does not wire.
+        boot: BootInfo {
+            reset_reason: reason,
+            reset_count: 0,
+        },
+    };
+    Parts {
+        board: hardware,
+        link,
+        clock,
+        wake,
+        timing: RtuTiming::from_baud(baud),
+    }
+}
+
+impl Board for Hardware {
+    fn boot_info(&self) -> BootInfo {
+        self.boot
+    }
+
+    fn stored_config(&mut self) -> Option<NodeConfig> {
+        self.stored.take()
+    }
+
+    fn sample(&mut self, ch: usize, now_ms: u64) -> Sample {
+        self.sensors.sample(ch, now_ms)
+    }
+
+    fn set_outputs(&mut self, bits: u16) {
+        self.relay_1
+            .set_state((bits & outputs::RELAY_1 != 0).into());
+        self.relay_2
+            .set_state((bits & outputs::RELAY_2 != 0).into());
+        // Energised when healthy (fail-safe): released on a fault or when the node dies.
+        self.fault_relay
+            .set_state((bits & outputs::FAULT == 0).into());
+    }
+
+    fn feed_watchdog(&mut self) {
+        self.watchdog.feed();
+    }
+
+    fn save_config(&mut self, config: &NodeConfig) -> bool {
+        self.store.save(config).is_ok()
+    }
+}
