@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod bank;
+pub mod mbpoll;
 
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
