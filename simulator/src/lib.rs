@@ -1,6 +1,21 @@
-//! Tianzhong simulated sensor fleet.
+//! The simulated sensor fleet: virtual nodes running the firmware's node core on simulated
+//! sensor hardware, driven by signal models on simulated time, speaking Modbus TCP, Modbus RTU
+//! and MQTT, with faults to provoke and a ground-truth log to check against.
 //!
 //! # Module map
 //!
-//! Nothing is implemented yet; virtual nodes that run the firmware crate's node core land with
-//! their own issue.
+//! | module | what |
+//! |---|---|
+//! | [`clock`] | simulated time and its mapping to real time |
+//! | [`signal`] | signal models: constant, diurnal, random walk, noise, drift, steps, ramps, CSV replay |
+//! | [`node`] | a virtual node: the firmware core, simulated hardware, the real drivers |
+//! | [`fault`] | faults by node or bus, scheduled or switched at run time |
+//! | [`spec`] | a checked fleet description: buses, nodes, faults |
+//! | [`truth`] | ground truth: every sample taken, served and published |
+
+pub mod clock;
+pub mod fault;
+pub mod node;
+pub mod signal;
+pub mod spec;
+pub mod truth;

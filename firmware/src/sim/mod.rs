@@ -10,6 +10,7 @@
 //! | [`SimI2cBus`] | an I²C bus with a [`SimSht4x`] at 0x44 and a [`SimScd4x`] at 0x62 |
 //! | [`SimAdc`] | an ADC channel whose counts follow a voltage |
 //! | [`SimCounter`] | a hardware pulse counter |
+//! | [`SimFlash`] | NOR flash in RAM, erasing to `0xFF` and programming by clearing bits |
 
 use embedded_hal::i2c::{self, ErrorKind, ErrorType, I2c, NoAcknowledgeSource, Operation};
 
@@ -259,6 +260,79 @@ impl PulseCounter for SimCounter {
 
     fn count(&mut self) -> Result<u32, Self::Error> {
         Ok(self.count)
+    }
+}
+
+/// NOR flash in RAM: erase sets bytes to `0xFF`, a write can only clear bits, as on the chip.
+#[derive(Clone, Debug)]
+pub struct SimFlash<const N: usize> {
+    data: [u8; N],
+}
+
+impl<const N: usize> Default for SimFlash<N> {
+    fn default() -> Self {
+        SimFlash { data: [0xFF; N] }
+    }
+}
+
+/// An access outside the simulated flash or not aligned to its sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimFlashError(pub embedded_storage::nor_flash::NorFlashErrorKind);
+
+impl embedded_storage::nor_flash::NorFlashError for SimFlashError {
+    fn kind(&self) -> embedded_storage::nor_flash::NorFlashErrorKind {
+        self.0
+    }
+}
+
+impl<const N: usize> embedded_storage::nor_flash::ErrorType for SimFlash<N> {
+    type Error = SimFlashError;
+}
+
+impl<const N: usize> SimFlash<N> {
+    fn range(&self, offset: u32, len: usize) -> Result<core::ops::Range<usize>, SimFlashError> {
+        let start = offset as usize;
+        match start.checked_add(len) {
+            Some(end) if end <= N => Ok(start..end),
+            _ => Err(SimFlashError(embedded_storage::nor_flash::NorFlashErrorKind::OutOfBounds)),
+        }
+    }
+}
+
+impl<const N: usize> embedded_storage::nor_flash::ReadNorFlash for SimFlash<N> {
+    const READ_SIZE: usize = 1;
+
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), SimFlashError> {
+        let r = self.range(offset, bytes.len())?;
+        bytes.copy_from_slice(&self.data[r]);
+        Ok(())
+    }
+
+    fn capacity(&self) -> usize {
+        N
+    }
+}
+
+impl<const N: usize> embedded_storage::nor_flash::NorFlash for SimFlash<N> {
+    const WRITE_SIZE: usize = 1;
+    const ERASE_SIZE: usize = 1024;
+
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), SimFlashError> {
+        use embedded_storage::nor_flash::NorFlashErrorKind::NotAligned;
+        if from % 1024 != 0 || to % 1024 != 0 || to < from {
+            return Err(SimFlashError(NotAligned));
+        }
+        let r = self.range(from, (to - from) as usize)?;
+        self.data[r].fill(0xFF);
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), SimFlashError> {
+        let r = self.range(offset, bytes.len())?;
+        for (cell, b) in self.data[r].iter_mut().zip(bytes) {
+            *cell &= *b;
+        }
+        Ok(())
     }
 }
 

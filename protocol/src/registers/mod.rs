@@ -224,7 +224,7 @@ pub fn decode_raw(data_type: DataType, order: WordOrder, regs: &[u16]) -> Result
 /// Widens an f32 to the f64 nearest the decimal the device meant: the f32 nearest 3.1 is
 /// 3.0999999046…, and `f64::from` would carry that error into every sink and alarm message.
 /// The shortest decimal that round-trips the f32 (ryu) is the value the device meant.
-fn widen_f32(v: f32) -> f64 {
+pub fn widen_f32(v: f32) -> f64 {
     let mut buf = ryu::Buffer::new();
     buf.format_finite(v).parse().unwrap_or(f64::from(v))
 }
