@@ -9,12 +9,14 @@
 //! | [`clock`] | simulated time and its mapping to real time |
 //! | [`signal`] | signal models: constant, diurnal, random walk, noise, drift, steps, ramps, CSV replay |
 //! | [`node`] | a virtual node: the firmware core, simulated hardware, the real drivers |
+//! | [`fleet`] | the fleet: every node of a scenario, stepped through simulated time |
 //! | [`fault`] | faults by node or bus, scheduled or switched at run time |
 //! | [`spec`] | a checked fleet description: buses, nodes, faults |
 //! | [`truth`] | ground truth: every sample taken, served and published |
 
 pub mod clock;
 pub mod fault;
+pub mod fleet;
 pub mod node;
 pub mod signal;
 pub mod spec;
