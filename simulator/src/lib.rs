@@ -12,12 +12,18 @@
 //! | [`fleet`] | the fleet: every node of a scenario, stepped through simulated time |
 //! | [`fault`] | faults by node or bus, scheduled or switched at run time |
 //! | [`spec`] | a checked fleet description: buses, nodes, faults |
+//! | [`scenario`] | scenario files: TOML in, a checked fleet description out |
+//! | [`transport`] | Modbus TCP, Modbus RTU and MQTT |
+//! | [`control`] | the control interface: HTTP on loopback, and an in-process handle |
 //! | [`truth`] | ground truth: every sample taken, served and published |
 
 pub mod clock;
+pub mod control;
 pub mod fault;
 pub mod fleet;
 pub mod node;
+pub mod scenario;
 pub mod signal;
 pub mod spec;
+pub mod transport;
 pub mod truth;

@@ -1,0 +1,1 @@
+//! The control interface: HTTP on loopback and an in-process handle.

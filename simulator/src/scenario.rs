@@ -1,0 +1,1 @@
+//! Scenario files: TOML in, a checked [`FleetSpec`](crate::spec::FleetSpec) out.

@@ -1,0 +1,1 @@
+//! MQTT clients publishing telemetry and status.
