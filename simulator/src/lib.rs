@@ -6,6 +6,7 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`bench`] | measuring CPU and memory per node |
 //! | [`clock`] | simulated time and its mapping to real time |
 //! | [`signal`] | signal models: constant, diurnal, random walk, noise, drift, steps, ramps, CSV replay |
 //! | [`node`] | a virtual node: the firmware core, simulated hardware, the real drivers |
@@ -17,6 +18,7 @@
 //! | [`control`] | the control interface: HTTP on loopback, and an in-process handle |
 //! | [`truth`] | ground truth: every sample taken, served and published |
 
+pub mod bench;
 pub mod clock;
 pub mod control;
 pub mod fault;
