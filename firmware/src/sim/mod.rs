@@ -319,7 +319,7 @@ impl<const N: usize> embedded_storage::nor_flash::NorFlash for SimFlash<N> {
 
     fn erase(&mut self, from: u32, to: u32) -> Result<(), SimFlashError> {
         use embedded_storage::nor_flash::NorFlashErrorKind::NotAligned;
-        if from % 1024 != 0 || to % 1024 != 0 || to < from {
+        if !from.is_multiple_of(1024) || !to.is_multiple_of(1024) || to < from {
             return Err(SimFlashError(NotAligned));
         }
         let r = self.range(from, (to - from) as usize)?;
