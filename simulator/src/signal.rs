@@ -195,7 +195,7 @@ impl Signal {
                     State::RandomWalk { step: *step, bound: *bound, position: 0.0 }
                 }
                 Component::Noise { sigma } => {
-                    if !(*sigma >= 0.0) {
+                    if sigma.is_nan() || *sigma < 0.0 {
                         return Err(SignalError::Invalid("noise sigma must be ≥ 0"));
                     }
                     State::Noise { sigma: *sigma }
