@@ -1,22 +1,37 @@
 //! `tianzhong-sim`: runs a simulated sensor fleet.
 //!
 //! ```text
+//! tianzhong-sim run simulator/scenarios/chemical-plant.toml --seed 7 --speed 10
+//! tianzhong-sim check simulator/scenarios/mine.toml
 //! tianzhong-sim bench --nodes 10000 --seconds 20 --transport step
 //! ```
 
-use std::time::Duration;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tianzhong_protocol::{NodeId, Quantity, SiteId};
 use tianzhong_simulator::bench::{BenchReport, measure, process_usage};
 use tianzhong_simulator::clock::SimClock;
+use tianzhong_simulator::control::{self, Control};
 use tianzhong_simulator::fleet::Fleet;
 use tianzhong_simulator::node::{ChannelSpec, NodeSpec};
+use tianzhong_simulator::scenario;
 use tianzhong_simulator::signal::Component;
 use tianzhong_simulator::spec::{BusKind, BusSpec, FleetSpec};
+use tianzhong_simulator::transport::{modbus_rtu, modbus_tcp, mqtt};
+use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "tianzhong-sim", version, about = "Tianzhong simulated sensor fleet")]
+#[command(
+    name = "tianzhong-sim",
+    version,
+    about = "Tianzhong simulated sensor fleet"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +39,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs a scenario: the fleet, its transports and the control interface.
+    Run {
+        /// The scenario file.
+        scenario: PathBuf,
+        /// Seed for every random signal; overrides the scenario's.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Simulated seconds per real second.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Stop after this many simulated seconds (default: run until interrupted).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Address of the HTTP control interface (loopback only; port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        control: SocketAddr,
+        /// Write the sample log (ground truth) as CSV to this file at the end.
+        #[arg(long)]
+        truth: Option<PathBuf>,
+    },
+    /// Reads and checks a scenario, and builds its nodes, without running it.
+    Check {
+        /// The scenario file.
+        scenario: PathBuf,
+    },
     /// Measures nodes served per core at 1 Hz and memory per node.
     Bench {
         /// Nodes in the fleet.
@@ -68,7 +108,14 @@ fn bench_fleet(nodes: usize, bus: BusSpec) -> FleetSpec {
             ],
         })
         .collect();
-    FleetSpec { name: "bench".into(), seed: 1, buses: vec![bus], nodes, faults: vec![], base_dir: ".".into() }
+    FleetSpec {
+        name: "bench".into(),
+        seed: 1,
+        buses: vec![bus],
+        nodes,
+        faults: vec![],
+        base_dir: ".".into(),
+    }
 }
 
 fn bench(nodes: usize, seconds: u64, transport: BenchTransport) -> anyhow::Result<BenchReport> {
@@ -77,7 +124,10 @@ fn bench(nodes: usize, seconds: u64, transport: BenchTransport) -> anyhow::Resul
         BenchTransport::Step => {
             let bus = BusSpec {
                 name: "none".into(),
-                kind: BusKind::ModbusTcp { listen: "127.0.0.1:0".parse()?, per_node: false },
+                kind: BusKind::ModbusTcp {
+                    listen: "127.0.0.1:0".parse()?,
+                    per_node: false,
+                },
             };
             let fleet = Fleet::build(&bench_fleet(nodes, bus), SimClock::new(0, 1.0), false)?;
             eprintln!("built {nodes} nodes; stepping at 1 Hz for {seconds} s");
@@ -101,10 +151,217 @@ fn bench(nodes: usize, seconds: u64, transport: BenchTransport) -> anyhow::Resul
     }
 }
 
+/// Started transports, kept until shutdown.
+enum Transport {
+    Tcp(modbus_tcp::ModbusTcpServer),
+    Rtu(modbus_rtu::ModbusRtuServer),
+    Mqtt(mqtt::Handle),
+}
+
+async fn start_transports(fleet: &Arc<Fleet>, seed: u64) -> anyhow::Result<Vec<Transport>> {
+    let mut started = Vec::new();
+    for bus in fleet.buses.clone() {
+        let nodes = fleet.nodes_on_bus(&bus.name).len();
+        let t = match &bus.kind {
+            BusKind::ModbusTcp { .. } => {
+                let server = modbus_tcp::start(Arc::clone(fleet), &bus, seed)
+                    .await
+                    .with_context(|| format!("bus {}: Modbus TCP", bus.name))?;
+                let addrs: Vec<String> = server.addrs().iter().map(ToString::to_string).collect();
+                eprintln!(
+                    "bus {}: Modbus TCP, {nodes} nodes on {}",
+                    bus.name,
+                    addrs.join(" ")
+                );
+                Transport::Tcp(server)
+            }
+            BusKind::ModbusRtu { baud, .. } => {
+                let server = modbus_rtu::start(Arc::clone(fleet), &bus, seed)
+                    .await
+                    .with_context(|| format!("bus {}: Modbus RTU", bus.name))?;
+                eprintln!(
+                    "bus {}: Modbus RTU {baud} baud, {nodes} nodes on {} (-> {})",
+                    bus.name,
+                    server.link().display(),
+                    server.pty().display()
+                );
+                Transport::Rtu(server)
+            }
+            BusKind::Mqtt { broker, .. } => {
+                let handle = mqtt::start(Arc::clone(fleet), bus.clone())
+                    .await
+                    .with_context(|| format!("bus {}: MQTT broker {broker}", bus.name))?;
+                eprintln!(
+                    "bus {}: MQTT, {nodes} nodes publishing to {broker}",
+                    bus.name
+                );
+                Transport::Mqtt(handle)
+            }
+        };
+        started.push(t);
+    }
+    Ok(started)
+}
+
+/// One status line: simulated time, counters, alarms.
+fn status_line(fleet: &Fleet, transports: &[Transport]) -> String {
+    let t = fleet.stepped_to() / 1000;
+    let mut levels = [0usize; 5];
+    for i in 0..fleet.len() {
+        levels[usize::from(fleet.node(i).core().status().highest_alarm.code())] += 1;
+    }
+    let (mut requests, mut published, mut connected, mut mqtt_nodes) = (0, 0, 0, 0);
+    for tr in transports {
+        match tr {
+            Transport::Tcp(s) => requests += s.stats().requests,
+            Transport::Rtu(s) => requests += s.stats().requests,
+            Transport::Mqtt(h) => {
+                let st = h.stats();
+                published += st.published;
+                connected += st.connected;
+                mqtt_nodes += h.nodes();
+            }
+        }
+    }
+    let active: usize = fleet
+        .faults
+        .list()
+        .iter()
+        .filter(|(_, f)| {
+            fleet.stepped_to() >= f.from_ms && f.until_ms.is_none_or(|u| fleet.stepped_to() < u)
+        })
+        .count();
+    format!(
+        "[sim {:02}:{:02}:{:02} x{}] {} nodes | samples {} | modbus requests {} | mqtt {}/{} connected, {} published | faults {} | alarms red {} orange {} yellow {} blue {}",
+        t / 3600,
+        t / 60 % 60,
+        t % 60,
+        fleet.clock.speed(),
+        fleet.len(),
+        fleet.truth.sample_count(),
+        requests,
+        connected,
+        mqtt_nodes,
+        published,
+        active,
+        levels[4],
+        levels[3],
+        levels[2],
+        levels[1]
+    )
+}
+
+async fn run(
+    scenario: PathBuf,
+    seed: Option<u64>,
+    speed: f64,
+    duration: Option<u64>,
+    control: SocketAddr,
+    truth: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut spec = scenario::load(&scenario)?;
+    if let Some(seed) = seed {
+        spec.seed = seed;
+    }
+    let epoch = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+    let fleet = Arc::new(Fleet::build(
+        &spec,
+        SimClock::new(epoch, speed),
+        truth.is_some(),
+    )?);
+    eprintln!(
+        "scenario {} (seed {}): {} nodes on {} buses, speed x{speed}",
+        spec.name,
+        spec.seed,
+        fleet.len(),
+        spec.buses.len()
+    );
+    let transports = start_transports(&fleet, spec.seed).await?;
+    let server = control::serve(Control::new(Arc::clone(&fleet)), control)
+        .await
+        .with_context(|| format!("control interface on {control}"))?;
+    eprintln!("control: http://{}/fleet", server.local_addr());
+    tokio::spawn(Arc::clone(&fleet).run(Duration::from_millis(50)));
+
+    // A status line every second; on a terminal it rewrites itself, in a log one line each
+    // ten seconds.
+    let tty = std::io::stderr().is_terminal();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        n += 1;
+        let line = status_line(&fleet, &transports);
+        if tty {
+            eprint!("\r{line}\x1b[K");
+        } else if n % 10 == 0 {
+            eprintln!("{line}");
+        }
+        if duration.is_some_and(|d| fleet.stepped_to() >= d * 1000) {
+            break;
+        }
+    }
+    eprintln!("\n{}", status_line(&fleet, &transports));
+    for t in transports {
+        match t {
+            Transport::Tcp(s) => s.shutdown().await,
+            Transport::Rtu(s) => s.shutdown().await,
+            Transport::Mqtt(h) => h.shutdown(Duration::from_secs(5)).await,
+        }
+    }
+    let _ = server.shutdown().await;
+    if let Some(path) = truth {
+        std::fs::write(&path, fleet.truth.samples_csv())
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "ground truth: {} samples in {}",
+            fleet.truth.sample_count(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Bench { nodes, seconds, transport } => {
+        Command::Run {
+            scenario,
+            seed,
+            speed,
+            duration,
+            control,
+            truth,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(run(scenario, seed, speed, duration, control, truth))?;
+        }
+        Command::Check { scenario } => {
+            let spec = scenario::load(&scenario)?;
+            let fleet = Fleet::build(&spec, SimClock::new(0, 1.0), false)?;
+            println!(
+                "{}: scenario {} with {} nodes on {} buses and {} scheduled faults is valid",
+                scenario.display(),
+                spec.name,
+                fleet.len(),
+                spec.buses.len(),
+                spec.faults.len()
+            );
+        }
+        Command::Bench {
+            nodes,
+            seconds,
+            transport,
+        } => {
             let report = bench(nodes, seconds, transport)?;
             println!("{report}");
         }
