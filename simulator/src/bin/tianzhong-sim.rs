@@ -297,7 +297,7 @@ async fn run(
         let line = status_line(&fleet, &transports);
         if tty {
             eprint!("\r{line}\x1b[K");
-        } else if n % 10 == 0 {
+        } else if n.is_multiple_of(10) {
             eprintln!("{line}");
         }
         if duration.is_some_and(|d| fleet.stepped_to() >= d * 1000) {
