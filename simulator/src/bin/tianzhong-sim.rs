@@ -76,17 +76,33 @@ enum Command {
         #[arg(long, value_enum, default_value_t = BenchTransport::Step)]
         transport: BenchTransport,
     },
+    /// The benchmark's load generator (run by `bench` as a separate process).
+    #[command(hide = true)]
+    BenchLoad {
+        /// Listener addresses.
+        #[arg(long, value_delimiter = ',')]
+        addrs: Vec<SocketAddr>,
+        /// Units behind each listener, polled 1..=units.
+        #[arg(long)]
+        units: Vec<u8>,
+        /// Seconds to poll.
+        #[arg(long)]
+        seconds: u64,
+    },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum BenchTransport {
     /// Sampling only: the node cores and drivers, no network.
     Step,
+    /// Sampling, and every node polled once a second over Modbus TCP by a load generator in
+    /// another process (247 units behind each listener, as behind serial-to-Ethernet gateways).
+    ModbusTcp,
 }
 
 /// A fleet of gas detectors (combustible gas, H2S, oxygen), each channel sampled once a second
 /// as the firmware's factory configuration does for gas.
-fn bench_fleet(nodes: usize, bus: BusSpec) -> FleetSpec {
+fn bench_fleet(nodes: usize, buses: &[BusSpec]) -> FleetSpec {
     let site = SiteId::new("bench").expect("valid id");
     let channel = |q: Quantity, value: f64, sigma: f64| ChannelSpec {
         quantity: q,
@@ -98,7 +114,7 @@ fn bench_fleet(nodes: usize, bus: BusSpec) -> FleetSpec {
         .map(|n| NodeSpec {
             id: NodeId::new(&format!("gas-{n:05}")).expect("valid id"),
             site: site.clone(),
-            bus: bus.name.clone(),
+            bus: buses[n / 247].name.clone(),
             unit: (n % 247 + 1) as u8,
             model: "TZ-GAS-3".into(),
             channels: vec![
@@ -111,7 +127,7 @@ fn bench_fleet(nodes: usize, bus: BusSpec) -> FleetSpec {
     FleetSpec {
         name: "bench".into(),
         seed: 1,
-        buses: vec![bus],
+        buses: buses.to_vec(),
         nodes,
         faults: vec![],
         base_dir: ".".into(),
@@ -120,35 +136,125 @@ fn bench_fleet(nodes: usize, bus: BusSpec) -> FleetSpec {
 
 fn bench(nodes: usize, seconds: u64, transport: BenchTransport) -> anyhow::Result<BenchReport> {
     let before = process_usage()?;
-    match transport {
-        BenchTransport::Step => {
-            let bus = BusSpec {
-                name: "none".into(),
-                kind: BusKind::ModbusTcp {
-                    listen: "127.0.0.1:0".parse()?,
-                    per_node: false,
-                },
-            };
-            let fleet = Fleet::build(&bench_fleet(nodes, bus), SimClock::new(0, 1.0), false)?;
-            eprintln!("built {nodes} nodes; stepping at 1 Hz for {seconds} s");
-            let start = std::time::Instant::now();
-            let (wall_s, cpu_s) = measure(Duration::from_secs(seconds), || {
-                fleet.step_to(start.elapsed().as_millis() as u64);
-                std::thread::sleep(Duration::from_millis(20));
-            });
-            let samples = fleet.truth.sample_count();
-            let after = process_usage()?;
-            Ok(BenchReport {
-                label: "step (node cores and drivers only)".into(),
-                nodes,
-                wall_s,
-                cpu_s,
-                rss_before: before.rss_bytes,
-                rss_after: after.rss_bytes,
-                operations_per_s: samples as f64 / wall_s,
-            })
+    let buses: Vec<BusSpec> = (0..nodes.div_ceil(247))
+        .map(|b| BusSpec {
+            name: format!("bench-{b}"),
+            kind: BusKind::ModbusTcp {
+                listen: "127.0.0.1:0".parse().expect("address"),
+                per_node: false,
+            },
+        })
+        .collect();
+    let fleet = Arc::new(Fleet::build(
+        &bench_fleet(nodes, &buses),
+        SimClock::new(0, 1.0),
+        false,
+    )?);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (label, mut load) = match transport {
+        BenchTransport::Step => ("step (node cores and drivers only)".to_owned(), None),
+        BenchTransport::ModbusTcp => {
+            let servers = runtime.block_on(async {
+                let mut servers = Vec::new();
+                for bus in &buses {
+                    servers.push(modbus_tcp::start(Arc::clone(&fleet), bus, 1).await?);
+                }
+                anyhow::Ok(servers)
+            })?;
+            let addrs: Vec<String> = servers.iter().map(|s| s.addrs()[0].to_string()).collect();
+            let units: Vec<String> = buses
+                .iter()
+                .map(|b| fleet.nodes_on_bus(&b.name).len().to_string())
+                .collect();
+            let child = std::process::Command::new(std::env::current_exe()?)
+                .args([
+                    "bench-load",
+                    "--addrs",
+                    &addrs.join(","),
+                    "--seconds",
+                    &seconds.to_string(),
+                ])
+                .args(units.iter().flat_map(|u| ["--units", u.as_str()]))
+                .stdout(std::process::Stdio::piped())
+                .spawn()?;
+            std::mem::forget(servers);
+            (
+                "Modbus TCP, every node polled at 1 Hz (status + 3 channels, 34 registers)"
+                    .to_owned(),
+                Some(child),
+            )
         }
+    };
+    eprintln!("built {nodes} nodes; measuring for {seconds} s");
+    let stepper = {
+        let fleet = Arc::clone(&fleet);
+        runtime.spawn(async move { fleet.run(Duration::from_millis(20)).await })
+    };
+    let start = std::time::Instant::now();
+    let (wall_s, cpu_s) = measure(Duration::from_secs(seconds), || {
+        std::thread::sleep(Duration::from_millis(100))
+    });
+    stepper.abort();
+    let after = process_usage()?;
+    let operations = match load.take() {
+        Some(child) => {
+            let out = child.wait_with_output()?;
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<f64>()
+                .unwrap_or(0.0)
+        }
+        None => fleet.truth.sample_count() as f64,
+    };
+    Ok(BenchReport {
+        label,
+        nodes,
+        wall_s,
+        cpu_s,
+        rss_before: before.rss_bytes,
+        rss_after: after.rss_bytes,
+        operations_per_s: operations / start.elapsed().as_secs_f64().min(seconds as f64).max(1e-9),
+    })
+}
+
+/// Polls every unit behind every listener once a second with FC04 (status and three
+/// channels); prints the number of good replies.
+async fn bench_load(addrs: Vec<SocketAddr>, units: Vec<u8>, seconds: u64) -> anyhow::Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for (addr, count) in addrs.into_iter().zip(units) {
+        tasks.push(tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let mut ok = 0u64;
+            let mut tid = 0u16;
+            let mut second = tokio::time::interval(Duration::from_secs(1));
+            let mut reply = [0u8; 260];
+            while tokio::time::Instant::now() < deadline {
+                second.tick().await;
+                for unit in 1..=count {
+                    tid = tid.wrapping_add(1);
+                    let [t0, t1] = tid.to_be_bytes();
+                    stream
+                        .write_all(&[t0, t1, 0, 0, 0, 6, unit, 0x04, 0x01, 0x00, 0x00, 34])
+                        .await?;
+                    stream.read_exact(&mut reply[..7]).await?;
+                    let len = usize::from(u16::from_be_bytes([reply[4], reply[5]])) - 1;
+                    stream.read_exact(&mut reply[7..7 + len]).await?;
+                    if reply[7] == 0x04 && reply[0..2] == [t0, t1] {
+                        ok += 1;
+                    }
+                }
+            }
+            anyhow::Ok(ok)
+        }));
     }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total)
 }
 
 /// Started transports, kept until shutdown.
@@ -364,6 +470,16 @@ fn main() -> anyhow::Result<()> {
         } => {
             let report = bench(nodes, seconds, transport)?;
             println!("{report}");
+        }
+        Command::BenchLoad {
+            addrs,
+            units,
+            seconds,
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            println!("{}", runtime.block_on(bench_load(addrs, units, seconds))?);
         }
     }
     Ok(())
