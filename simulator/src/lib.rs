@@ -6,7 +6,7 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`bench`] | measuring CPU and memory per node |
+//! | [`bench`](mod@bench) | measuring CPU and memory per node |
 //! | [`clock`] | simulated time and its mapping to real time |
 //! | [`signal`] | signal models: constant, diurnal, random walk, noise, drift, steps, ramps, CSV replay |
 //! | [`node`] | a virtual node: the firmware core, simulated hardware, the real drivers |

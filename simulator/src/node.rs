@@ -10,7 +10,7 @@
 //! | `scd4x_co2` | CO2 | [`SimScd4x`] on I²C, the SCD4x driver |
 //! | `gas_bridge` | combustible gas, methane, H2S, CO, oxygen | a bridge on [`SimAdc`], the gas driver with zero/span calibration |
 //! | `current_loop` | water level (0–10 m), air pressure (300–1100 hPa), flow (0–1000 m³/s) | a 4–20 mA transmitter on [`SimAdc`], the loop driver (NAMUR NE 43) |
-//! | `rain_gauge` | rainfall | a tipping bucket on [`SimCounter`], 0.2 mm per tip |
+//! | `rain_gauge` | rainfall | a tipping bucket on a simulated pulse counter, 0.2 mm per tip |
 //! | `direct` | everything else | the value handed to the core as the driver would |
 
 use std::path::Path;
