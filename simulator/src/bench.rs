@@ -21,12 +21,24 @@ pub fn process_usage() -> std::io::Result<ProcessUsage> {
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // USER_HZ is 100 on every Linux ABI; /proc reports in it whatever the kernel's HZ.
     let cpu_s = (ticks(11) + ticks(12)) as f64 / 100.0;
     let statm = std::fs::read_to_string("/proc/self/statm")?;
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-    Ok(ProcessUsage { cpu_s, rss_bytes: pages * 4096 })
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    Ok(ProcessUsage {
+        cpu_s,
+        rss_bytes: pages * 4096,
+    })
 }
 
 /// What a benchmark run measured.

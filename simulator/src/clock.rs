@@ -23,7 +23,12 @@ impl SimClock {
     /// A clock starting at simulated 0 now, running `speed` times real time, whose simulated 0
     /// is `epoch_unix_ms` in Unix time.
     pub fn new(epoch_unix_ms: u64, speed: f64) -> SimClock {
-        SimClock { epoch_unix_ms, speed: speed.max(1e-6), started: Instant::now(), offset_ms: 0 }
+        SimClock {
+            epoch_unix_ms,
+            speed: speed.max(1e-6),
+            started: Instant::now(),
+            offset_ms: 0,
+        }
     }
 
     /// The simulated time now.

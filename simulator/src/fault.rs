@@ -108,8 +108,13 @@ pub struct FaultBoard {
 impl FaultBoard {
     /// Adds a fault; returns its id for [`FaultBoard::clear`].
     pub fn add(&self, fault: ScheduledFault) -> u64 {
-        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.faults.write().unwrap_or_else(|e| e.into_inner()).push((id, fault));
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.faults
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, fault));
         id
     }
 
@@ -123,12 +128,18 @@ impl FaultBoard {
 
     /// Removes every fault.
     pub fn clear_all(&self) {
-        self.faults.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.faults
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Every fault, with its id.
     pub fn list(&self) -> Vec<(u64, ScheduledFault)> {
-        self.faults.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.faults
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The faults that apply to `node` on `bus` at `now`, in the order they were added.
@@ -165,10 +176,16 @@ mod tests {
         assert!(board.active("n1", "bus-1", 999).is_empty());
         assert_eq!(board.active("n1", "bus-1", 1000), [Fault::NoReply]);
         assert!(board.active("n1", "bus-2", 1500).is_empty());
-        assert_eq!(board.active("n2", "bus-1", 1500), [Fault::NoReply, Fault::Exception { code: 4 }]);
+        assert_eq!(
+            board.active("n2", "bus-1", 1500),
+            [Fault::NoReply, Fault::Exception { code: 4 }]
+        );
         assert!(board.active("n1", "bus-1", 2000).is_empty());
         assert!(board.clear(id));
         assert!(!board.clear(id));
-        assert_eq!(board.active("n2", "bus-1", 1500), [Fault::Exception { code: 4 }]);
+        assert_eq!(
+            board.active("n2", "bus-1", 1500),
+            [Fault::Exception { code: 4 }]
+        );
     }
 }

@@ -53,7 +53,11 @@ pub struct Fleet {
 impl Fleet {
     /// Builds every node of `spec` and schedules its faults. `keep_samples` keeps the sample
     /// log in memory (see [`GroundTruth::new`]).
-    pub fn build(spec: &FleetSpec, clock: SimClock, keep_samples: bool) -> Result<Fleet, FleetError> {
+    pub fn build(
+        spec: &FleetSpec,
+        clock: SimClock,
+        keep_samples: bool,
+    ) -> Result<Fleet, FleetError> {
         let truth = GroundTruth::new(keep_samples);
         let faults = FaultBoard::default();
         for f in &spec.faults {
@@ -63,8 +67,12 @@ impl Fleet {
         let mut ids = HashMap::with_capacity(spec.nodes.len());
         let mut bus_of = Vec::with_capacity(spec.nodes.len());
         for (i, n) in spec.nodes.iter().enumerate() {
-            let mut node = VirtualNode::new(n, spec.seed, &spec.base_dir)
-                .map_err(|source| FleetError::Node { node: n.id.to_string(), source })?;
+            let mut node = VirtualNode::new(n, spec.seed, &spec.base_dir).map_err(|source| {
+                FleetError::Node {
+                    node: n.id.to_string(),
+                    source,
+                }
+            })?;
             node.set_truth(truth.clone());
             bus_of.push(Arc::clone(&node.bus));
             ids.insert(n.id.to_string(), i);
@@ -111,13 +119,20 @@ impl Fleet {
 
     /// The indices of the nodes on `bus`.
     pub fn nodes_on_bus(&self, bus: &str) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|i| &*self.bus_of[*i] == bus).collect()
+        (0..self.nodes.len())
+            .filter(|i| &*self.bus_of[*i] == bus)
+            .collect()
     }
 
     /// Rounds sampled by the nodes of `bus` from now on.
     pub fn subscribe_rounds(&self, bus: &str) -> mpsc::UnboundedReceiver<NodeRound> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).entry(bus.to_owned()).or_default().push(tx);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(bus.to_owned())
+            .or_default()
+            .push(tx);
         rx
     }
 
@@ -132,15 +147,19 @@ impl Fleet {
         if t < *stepped {
             return 0;
         }
-        let subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let subscribers = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut count = 0;
         for i in 0..self.nodes.len() {
             let mut node = self.node(i);
             if node.next_due_ms() > t {
                 continue;
             }
-            let faults = self.faults.active(&node.id, &node.bus, t);
-            let rounds = node.advance_to(t, &faults);
+            let (id, bus) = (Arc::clone(&node.id), Arc::clone(&node.bus));
+            let rounds = node.advance_with(t, |at| self.faults.active(&id, &bus, at));
             drop(node);
             count += rounds.len();
             if let Some(subs) = subscribers.get(&*self.bus_of[i]) {

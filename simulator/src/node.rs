@@ -22,11 +22,11 @@ use tianzhong_firmware::drivers::gas_adc::{self, Calibration, GasAdc};
 use tianzhong_firmware::drivers::loop_input::LoopInput;
 use tianzhong_firmware::drivers::rain_gauge::{MM_PER_TIP_0_2, RainGauge};
 use tianzhong_firmware::drivers::{scd4x, sht4x};
+use tianzhong_firmware::hal::{AdcChannel, PulseCounter};
 use tianzhong_firmware::modbus::pdu::{self, Handled, Request};
 use tianzhong_firmware::node::config::NodeConfig;
 use tianzhong_firmware::node::storage::{ConfigSlots, ConfigStore};
 use tianzhong_firmware::node::{BootInfo, NodeCore, NodeIdentity, Sample};
-use tianzhong_firmware::hal::{AdcChannel, PulseCounter};
 use tianzhong_firmware::sim::{SimAdc, SimFlash, SimI2cBus, SimScd4x, SimSht4x};
 use tianzhong_protocol::convert::LoopSpan;
 use tianzhong_protocol::payload::{PAYLOAD_VERSION, Telemetry, TelemetryValue};
@@ -66,10 +66,14 @@ impl SensorKind {
             Quantity::AirTemperature => SensorKind::Sht4xTemperature,
             Quantity::RelativeHumidity => SensorKind::Sht4xHumidity,
             Quantity::Co2 => SensorKind::Scd4xCo2,
-            Quantity::CombustibleGas | Quantity::Methane | Quantity::H2s | Quantity::Co | Quantity::Oxygen => {
-                SensorKind::GasBridge
+            Quantity::CombustibleGas
+            | Quantity::Methane
+            | Quantity::H2s
+            | Quantity::Co
+            | Quantity::Oxygen => SensorKind::GasBridge,
+            Quantity::WaterLevel | Quantity::AirPressure | Quantity::Flow => {
+                SensorKind::CurrentLoop
             }
-            Quantity::WaterLevel | Quantity::AirPressure | Quantity::Flow => SensorKind::CurrentLoop,
             Quantity::Rainfall => SensorKind::RainGauge,
             _ => SensorKind::Direct,
         }
@@ -254,7 +258,11 @@ pub enum NodeError {
 
 fn identity_string(s: &str) -> profile::IdentityString {
     let mut out = profile::IdentityString::new();
-    for c in s.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(16) {
+    for c in s
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(16)
+    {
         let _ = out.push(c);
     }
     out
@@ -281,37 +289,66 @@ impl VirtualNode {
         let mut channels = Vec::with_capacity(spec.channels.len());
         for (n, c) in spec.channels.iter().enumerate() {
             // Each channel's random parts have their own stream, fixed by seed, node and channel.
-            let stream = fnv1a(&[&seed.to_le_bytes(), spec.id.as_bytes(), &(n as u64).to_le_bytes()]);
+            let stream = fnv1a(&[
+                &seed.to_le_bytes(),
+                spec.id.as_bytes(),
+                &(n as u64).to_le_bytes(),
+            ]);
             let signal = Signal::new(&c.signal, stream, base_dir, c.clamp)
                 .map_err(|source| NodeError::Signal { channel: n, source })?;
             let sensor = c.sensor.unwrap_or(SensorKind::for_quantity(c.quantity));
-            let mismatch = NodeError::Sensor { channel: n, sensor, quantity: c.quantity };
+            let mismatch = NodeError::Sensor {
+                channel: n,
+                sensor,
+                quantity: c.quantity,
+            };
             let hardware = match sensor {
                 SensorKind::Sht4xTemperature | SensorKind::Sht4xHumidity => {
                     let temperature = sensor == SensorKind::Sht4xTemperature;
-                    if c.quantity != if temperature { Quantity::AirTemperature } else { Quantity::RelativeHumidity } {
+                    if c.quantity
+                        != if temperature {
+                            Quantity::AirTemperature
+                        } else {
+                            Quantity::RelativeHumidity
+                        }
+                    {
                         return Err(mismatch);
                     }
-                    Hardware::Sht4x(SimI2cBus { sht4x: Some(SimSht4x::new(20.0, 50.0)), scd4x: None }, temperature)
+                    Hardware::Sht4x(
+                        SimI2cBus {
+                            sht4x: Some(SimSht4x::new(20.0, 50.0)),
+                            scd4x: None,
+                        },
+                        temperature,
+                    )
                 }
                 SensorKind::Scd4xCo2 => {
                     if c.quantity != Quantity::Co2 {
                         return Err(mismatch);
                     }
-                    Hardware::Scd4x(SimI2cBus { sht4x: None, scd4x: Some(SimScd4x::new(420, 20.0, 50.0)) })
+                    Hardware::Scd4x(SimI2cBus {
+                        sht4x: None,
+                        scd4x: Some(SimScd4x::new(420, 20.0, 50.0)),
+                    })
                 }
                 SensorKind::GasBridge => {
-                    let calibration = Calibration::new(GAS_ZERO_COUNTS, GAS_SPAN_COUNTS, span_gas(c.quantity))
-                        .map_err(|_| mismatch)?;
+                    let calibration =
+                        Calibration::new(GAS_ZERO_COUNTS, GAS_SPAN_COUNTS, span_gas(c.quantity))
+                            .map_err(|_| mismatch)?;
                     let adc = SharedAdc::default();
                     let gas = GasAdc::new(adc.clone(), calibration, span_gas(c.quantity) * 0.04)
-                        .map_err(|_| NodeError::Sensor { channel: n, sensor, quantity: c.quantity })?;
+                        .map_err(|_| NodeError::Sensor {
+                            channel: n,
+                            sensor,
+                            quantity: c.quantity,
+                        })?;
                     Hardware::Gas(gas, adc)
                 }
                 SensorKind::CurrentLoop => {
                     let (lo, hi) = loop_range(c.quantity);
                     let adc = SharedAdc::default();
-                    let input = LoopInput::new(adc.clone(), SHUNT_OHMS, lo, hi).map_err(|_| mismatch)?;
+                    let input =
+                        LoopInput::new(adc.clone(), SHUNT_OHMS, lo, hi).map_err(|_| mismatch)?;
                     Hardware::Loop(input, adc, (lo, hi))
                 }
                 SensorKind::RainGauge => {
@@ -319,21 +356,34 @@ impl VirtualNode {
                         return Err(mismatch);
                     }
                     let counter = SharedCounter::default();
-                    let gauge = RainGauge::new(counter.clone(), MM_PER_TIP_0_2).map_err(|_| mismatch)?;
+                    let gauge =
+                        RainGauge::new(counter.clone(), MM_PER_TIP_0_2).map_err(|_| mismatch)?;
                     Hardware::Rain(gauge, counter, 0.0, 0)
                 }
                 SensorKind::Direct => Hardware::Direct,
             };
-            channels.push(Channel { quantity: c.quantity, signal, hardware, last_physical: 0.0 });
+            channels.push(Channel {
+                quantity: c.quantity,
+                signal,
+                hardware,
+                last_physical: 0.0,
+            });
         }
         let identity = NodeIdentity {
             vendor: identity_string("Tianzhong Sim"),
             model: identity_string(&spec.model),
             serial: identity_string(&spec.id),
-            firmware: FirmwareVersion { major: 1, minor: 0, patch: 0 },
+            firmware: FirmwareVersion {
+                major: 1,
+                minor: 0,
+                patch: 0,
+            },
             hardware_revision: 1,
         };
-        let boot = BootInfo { reset_reason: ResetReason::PowerOn, reset_count: 0 };
+        let boot = BootInfo {
+            reset_reason: ResetReason::PowerOn,
+            reset_count: 0,
+        };
         let mut factory = NodeConfig::factory(&quantities);
         factory.unit_address = u16::from(spec.unit);
         let core = NodeCore::new(identity.clone(), &quantities, Some(factory), boot, 0)
@@ -369,15 +419,29 @@ impl VirtualNode {
         self.core.next_due_ms()
     }
 
-    /// Runs the node up to simulated time `t`, sampling at every due instant in between, and
-    /// returns the rounds it sampled. `faults` are the faults in force for this node.
+    /// Runs the node up to simulated time `t` under a fixed set of faults (see
+    /// [`VirtualNode::advance_with`]).
     pub fn advance_to(&mut self, t: SimMs, faults: &[Fault]) -> Vec<Round> {
+        self.advance_with(t, |_| faults.to_vec())
+    }
+
+    /// Runs the node up to simulated time `t`, sampling at every due instant in between, and
+    /// returns the rounds it sampled. `faults_at` gives the faults in force at a sampling
+    /// instant: looked up per sample, so a fault that starts between two steps of the fleet
+    /// applies from its start and not before, however the fleet happens to be stepped.
+    pub fn advance_with(
+        &mut self,
+        t: SimMs,
+        faults_at: impl Fn(SimMs) -> Vec<Fault>,
+    ) -> Vec<Round> {
         let mut rounds = Vec::new();
         loop {
             let due_at = self.core.next_due_ms();
             if due_at > t {
                 break;
             }
+            let faults = faults_at(due_at);
+            let faults = faults.as_slice();
             let mask = self.core.due(due_at);
             let mut samples = Vec::new();
             for ch in 0..self.channels.len() {
@@ -401,7 +465,11 @@ impl VirtualNode {
             if let Some(truth) = &self.truth {
                 truth.record_samples(samples.iter().cloned());
             }
-            rounds.push(Round { seq: self.core.seq(), time_ms: due_at, samples });
+            rounds.push(Round {
+                seq: self.core.seq(),
+                time_ms: due_at,
+                samples,
+            });
         }
         self.tick(t);
         rounds
@@ -437,7 +505,10 @@ impl VirtualNode {
             loaded
         });
         self.boots = self.boots.saturating_add(1);
-        let boot = BootInfo { reset_reason: ResetReason::Software, reset_count: self.boots };
+        let boot = BootInfo {
+            reset_reason: ResetReason::Software,
+            reset_count: self.boots,
+        };
         if let Ok(core) = NodeCore::new(self.identity.clone(), &self.quantities, stored, boot, t) {
             self.core = core;
         }
@@ -453,7 +524,9 @@ impl VirtualNode {
                     physical = channel.last_physical;
                 }
                 Fault::Spike { channel: c, value } if usize::from(*c) == ch => physical = *value,
-                Fault::SensorFault { channel: c } if c.is_none_or(|c| usize::from(c) == ch) => sensor_fault = true,
+                Fault::SensorFault { channel: c } if c.is_none_or(|c| usize::from(c) == ch) => {
+                    sensor_fault = true
+                }
                 _ => {}
             }
         }
@@ -467,8 +540,14 @@ impl VirtualNode {
                     Some(dev) => dev.humidity_pct = v,
                     None => {}
                 }
-                let mut bus = if sensor_fault { SimI2cBus::default() } else { bus.clone() };
-                match sht4x::Sht4x::new(&mut bus, NoDelay, sht4x::DEFAULT_ADDRESS).measure(sht4x::Precision::High) {
+                let mut bus = if sensor_fault {
+                    SimI2cBus::default()
+                } else {
+                    bus.clone()
+                };
+                match sht4x::Sht4x::new(&mut bus, NoDelay, sht4x::DEFAULT_ADDRESS)
+                    .measure(sht4x::Precision::High)
+                {
                     Ok(m) if *temperature => Sample::Value(m.temperature_c),
                     Ok(m) => Sample::Value(m.humidity_pct),
                     Err(_) => Sample::Fault,
@@ -478,25 +557,41 @@ impl VirtualNode {
                 if let Some(dev) = bus.scd4x.as_mut() {
                     dev.co2_ppm = physical.clamp(0.0, 40_000.0) as u16;
                 }
-                let mut bus = if sensor_fault { SimI2cBus::default() } else { bus.clone() };
+                let mut bus = if sensor_fault {
+                    SimI2cBus::default()
+                } else {
+                    bus.clone()
+                };
                 let mut scd = scd4x::Scd4x::new(&mut bus, NoDelay);
-                let reading = scd.start_periodic_measurement().and_then(|_| scd.read_measurement());
+                let reading = scd
+                    .start_periodic_measurement()
+                    .and_then(|_| scd.read_measurement());
                 reading.map_or(Sample::Fault, |m| Sample::Value(m.co2_ppm))
             }
             Hardware::Gas(gas, adc) => {
                 let slope = (GAS_SPAN_COUNTS - GAS_ZERO_COUNTS) as f32 / span_gas(q);
                 let counts = GAS_ZERO_COUNTS as f32 + v * slope;
                 // A failed cell or broken bridge drives the input to a rail.
-                adc.set_mv(if sensor_fault { 0.0 } else { counts * ADC_MV / ADC_FULL });
+                adc.set_mv(if sensor_fault {
+                    0.0
+                } else {
+                    counts * ADC_MV / ADC_FULL
+                });
                 match gas.read() {
                     Ok(x) => Sample::Value(x),
-                    Err(gas_adc::Error::BelowZero { concentration }) => Sample::OutOfRange(concentration),
+                    Err(gas_adc::Error::BelowZero { concentration }) => {
+                        Sample::OutOfRange(concentration)
+                    }
                     Err(_) => Sample::Fault,
                 }
             }
             Hardware::Loop(input, adc, (lo, hi)) => {
                 // A broken loop carries no current: NE 43 low fault.
-                let ma = if sensor_fault { 0.0 } else { 4.0 + 16.0 * (v - *lo) / (*hi - *lo) };
+                let ma = if sensor_fault {
+                    0.0
+                } else {
+                    4.0 + 16.0 * (v - *lo) / (*hi - *lo)
+                };
                 adc.set_mv(ma * SHUNT_OHMS);
                 match input.read() {
                     Ok(r) if r.span == LoopSpan::Within => Sample::Value(r.value),
@@ -509,7 +604,10 @@ impl VirtualNode {
                 let hours = t.saturating_sub(*last_ms) as f64 / 3_600_000.0;
                 *total_mm += physical.max(0.0) * hours;
                 *last_ms = t;
-                counter.0.store((*total_mm / f64::from(MM_PER_TIP_0_2)) as u32, Ordering::Relaxed);
+                counter.0.store(
+                    (*total_mm / f64::from(MM_PER_TIP_0_2)) as u32,
+                    Ordering::Relaxed,
+                );
                 if sensor_fault {
                     return Sample::Fault;
                 }
@@ -571,7 +669,12 @@ impl VirtualNode {
                 });
             }
         }
-        Telemetry { v: PAYLOAD_VERSION, seq: self.core.seq(), ts: unix_ms, readings }
+        Telemetry {
+            v: PAYLOAD_VERSION,
+            seq: self.core.seq(),
+            ts: unix_ms,
+            readings,
+        }
     }
 }
 

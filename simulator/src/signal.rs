@@ -120,13 +120,34 @@ pub enum SignalError {
 #[derive(Clone, Debug)]
 enum State {
     Constant(f64),
-    Diurnal { amplitude: f64, peak_hour: f64 },
-    RandomWalk { step: f64, bound: f64, position: f64 },
-    Noise { sigma: f64 },
-    Drift { per_hour: f64 },
-    Step { at_ms: SimMs, delta: f64 },
-    Ramp { from_ms: SimMs, to_ms: SimMs, delta: f64, hold: bool },
-    Replay { points: Vec<(SimMs, f64)> },
+    Diurnal {
+        amplitude: f64,
+        peak_hour: f64,
+    },
+    RandomWalk {
+        step: f64,
+        bound: f64,
+        position: f64,
+    },
+    Noise {
+        sigma: f64,
+    },
+    Drift {
+        per_hour: f64,
+    },
+    Step {
+        at_ms: SimMs,
+        delta: f64,
+    },
+    Ramp {
+        from_ms: SimMs,
+        to_ms: SimMs,
+        delta: f64,
+        hold: bool,
+    },
+    Replay {
+        points: Vec<(SimMs, f64)>,
+    },
 }
 
 /// A channel's signal.
@@ -143,20 +164,34 @@ fn seconds_to_ms(s: f64) -> Result<SimMs, SignalError> {
     if s.is_finite() && s >= 0.0 {
         Ok((s * 1000.0) as SimMs)
     } else {
-        Err(SignalError::Invalid("times must be finite and not negative"))
+        Err(SignalError::Invalid(
+            "times must be finite and not negative",
+        ))
     }
 }
 
 fn load_replay(path: &Path) -> Result<Vec<(SimMs, f64)>, SignalError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| SignalError::ReplayIo { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| SignalError::ReplayIo {
+        path: path.to_owned(),
+        source,
+    })?;
     let mut points = Vec::new();
+    let mut seen_row = false;
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || (i == 0 && line.starts_with(|c: char| c.is_alphabetic())) {
+        if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let bad = || SignalError::ReplayRow { path: path.to_owned(), line: i + 1 };
+        // A header is the first row that is not a comment, if it starts with a name.
+        let first = !seen_row;
+        seen_row = true;
+        if first && line.starts_with(|c: char| c.is_alphabetic()) {
+            continue;
+        }
+        let bad = || SignalError::ReplayRow {
+            path: path.to_owned(),
+            line: i + 1,
+        };
         let (t, v) = line.split_once(',').ok_or_else(bad)?;
         let t: f64 = t.trim().parse().map_err(|_| bad())?;
         let v: f64 = v.trim().parse().map_err(|_| bad())?;
@@ -166,7 +201,10 @@ fn load_replay(path: &Path) -> Result<Vec<(SimMs, f64)>, SignalError> {
         points.push((seconds_to_ms(t).map_err(|_| bad())?, v));
     }
     if points.is_empty() {
-        return Err(SignalError::ReplayRow { path: path.to_owned(), line: 1 });
+        return Err(SignalError::ReplayRow {
+            path: path.to_owned(),
+            line: 1,
+        });
     }
     points.sort_by_key(|p| p.0);
     Ok(points)
@@ -185,14 +223,24 @@ impl Signal {
         for c in components {
             parts.push(match c {
                 Component::Constant { value } => State::Constant(*value),
-                Component::Diurnal { amplitude, peak_hour } => {
-                    State::Diurnal { amplitude: *amplitude, peak_hour: *peak_hour }
-                }
+                Component::Diurnal {
+                    amplitude,
+                    peak_hour,
+                } => State::Diurnal {
+                    amplitude: *amplitude,
+                    peak_hour: *peak_hour,
+                },
                 Component::RandomWalk { step, bound } => {
                     if !(*step >= 0.0 && *bound >= 0.0) {
-                        return Err(SignalError::Invalid("random walk step and bound must be ≥ 0"));
+                        return Err(SignalError::Invalid(
+                            "random walk step and bound must be ≥ 0",
+                        ));
                     }
-                    State::RandomWalk { step: *step, bound: *bound, position: 0.0 }
+                    State::RandomWalk {
+                        step: *step,
+                        bound: *bound,
+                        position: 0.0,
+                    }
                 }
                 Component::Noise { sigma } => {
                     if sigma.is_nan() || *sigma < 0.0 {
@@ -200,19 +248,40 @@ impl Signal {
                     }
                     State::Noise { sigma: *sigma }
                 }
-                Component::Drift { per_hour } => State::Drift { per_hour: *per_hour },
-                Component::Step { at_s, delta } => State::Step { at_ms: seconds_to_ms(*at_s)?, delta: *delta },
-                Component::Ramp { from_s, to_s, delta, hold } => {
+                Component::Drift { per_hour } => State::Drift {
+                    per_hour: *per_hour,
+                },
+                Component::Step { at_s, delta } => State::Step {
+                    at_ms: seconds_to_ms(*at_s)?,
+                    delta: *delta,
+                },
+                Component::Ramp {
+                    from_s,
+                    to_s,
+                    delta,
+                    hold,
+                } => {
                     let (from_ms, to_ms) = (seconds_to_ms(*from_s)?, seconds_to_ms(*to_s)?);
                     if to_ms <= from_ms {
                         return Err(SignalError::Invalid("a ramp must end after it starts"));
                     }
-                    State::Ramp { from_ms, to_ms, delta: *delta, hold: *hold }
+                    State::Ramp {
+                        from_ms,
+                        to_ms,
+                        delta: *delta,
+                        hold: *hold,
+                    }
                 }
-                Component::Replay { file } => State::Replay { points: load_replay(&base_dir.join(file))? },
+                Component::Replay { file } => State::Replay {
+                    points: load_replay(&base_dir.join(file))?,
+                },
             });
         }
-        Ok(Signal { parts, clamp, rng: ChaCha8Rng::seed_from_u64(seed) })
+        Ok(Signal {
+            parts,
+            clamp,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        })
     }
 
     /// The value at simulated time `t`. Random parts advance once per call, so call it once
@@ -222,11 +291,18 @@ impl Signal {
         for part in &mut self.parts {
             sum += match part {
                 State::Constant(v) => *v,
-                State::Diurnal { amplitude, peak_hour } => {
+                State::Diurnal {
+                    amplitude,
+                    peak_hour,
+                } => {
                     let hour = (t as f64 / HOUR_MS) % 24.0;
                     *amplitude * (std::f64::consts::TAU * (hour - *peak_hour) / 24.0).cos()
                 }
-                State::RandomWalk { step, bound, position } => {
+                State::RandomWalk {
+                    step,
+                    bound,
+                    position,
+                } => {
                     let delta = (unit(&mut self.rng) * 2.0 - 1.0) * *step;
                     *position = (*position + delta).clamp(-*bound, *bound);
                     *position
@@ -245,7 +321,12 @@ impl Signal {
                         0.0
                     }
                 }
-                State::Ramp { from_ms, to_ms, delta, hold } => {
+                State::Ramp {
+                    from_ms,
+                    to_ms,
+                    delta,
+                    hold,
+                } => {
                     if t < *from_ms {
                         0.0
                     } else if t < *to_ms {
@@ -294,9 +375,20 @@ mod tests {
         let mut s = signal(
             &[
                 Component::Constant { value: 20.0 },
-                Component::Diurnal { amplitude: 5.0, peak_hour: 14.0 },
-                Component::Ramp { from_s: 100.0, to_s: 200.0, delta: 10.0, hold: true },
-                Component::Step { at_s: 300.0, delta: -1.0 },
+                Component::Diurnal {
+                    amplitude: 5.0,
+                    peak_hour: 14.0,
+                },
+                Component::Ramp {
+                    from_s: 100.0,
+                    to_s: 200.0,
+                    delta: 10.0,
+                    hold: true,
+                },
+                Component::Step {
+                    at_s: 300.0,
+                    delta: -1.0,
+                },
                 Component::Drift { per_hour: 0.5 },
             ],
             1,
@@ -314,7 +406,13 @@ mod tests {
 
     #[test]
     fn random_parts_repeat_with_the_seed_and_differ_without_it() {
-        let parts = [Component::RandomWalk { step: 1.0, bound: 3.0 }, Component::Noise { sigma: 2.0 }];
+        let parts = [
+            Component::RandomWalk {
+                step: 1.0,
+                bound: 3.0,
+            },
+            Component::Noise { sigma: 2.0 },
+        ];
         let run = |seed| {
             let mut s = signal(&parts, seed);
             (0..1000).map(|i| s.sample(i * 1000)).collect::<Vec<_>>()
@@ -322,13 +420,22 @@ mod tests {
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
         // The walk stays in bounds; the noise has roughly its sigma.
-        let mut walk = signal(&[Component::RandomWalk { step: 1.0, bound: 3.0 }], 3);
+        let mut walk = signal(
+            &[Component::RandomWalk {
+                step: 1.0,
+                bound: 3.0,
+            }],
+            3,
+        );
         assert!((0..10_000).all(|i| walk.sample(i).abs() <= 3.0));
         let mut noise = signal(&[Component::Noise { sigma: 2.0 }], 3);
         let xs: Vec<f64> = (0..20_000).map(|i| noise.sample(i)).collect();
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         let sd = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64).sqrt();
-        assert!(mean.abs() < 0.05 && (sd - 2.0).abs() < 0.05, "mean {mean} sd {sd}");
+        assert!(
+            mean.abs() < 0.05 && (sd - 2.0).abs() < 0.05,
+            "mean {mean} sd {sd}"
+        );
     }
 
     #[test]
@@ -336,11 +443,27 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tz-replay-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("ok.csv"), "seconds,value\n0,1.0\n10,3.0\n").unwrap();
-        let mut s = Signal::new(&[Component::Replay { file: "ok.csv".into() }], 0, &dir, None).unwrap();
+        let mut s = Signal::new(
+            &[Component::Replay {
+                file: "ok.csv".into(),
+            }],
+            0,
+            &dir,
+            None,
+        )
+        .unwrap();
         assert_eq!(s.sample(5_000), 2.0);
         assert_eq!(s.sample(60_000), 3.0);
         std::fs::write(dir.join("bad.csv"), "0,1\n5,x\n").unwrap();
-        let err = Signal::new(&[Component::Replay { file: "bad.csv".into() }], 0, &dir, None).unwrap_err();
+        let err = Signal::new(
+            &[Component::Replay {
+                file: "bad.csv".into(),
+            }],
+            0,
+            &dir,
+            None,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
     }
 }

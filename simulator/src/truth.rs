@@ -65,7 +65,10 @@ impl GroundTruth {
     /// Ground truth that keeps every sample in memory (tests, short runs) or only counts them
     /// (benchmarks and long runs, where a 10 000-node fleet samples 60 000 values a second).
     pub fn new(keep_samples: bool) -> GroundTruth {
-        GroundTruth { logs: Arc::default(), keep_samples }
+        GroundTruth {
+            logs: Arc::default(),
+            keep_samples,
+        }
     }
 
     fn logs(&self) -> std::sync::MutexGuard<'_, Logs> {
@@ -121,7 +124,8 @@ impl GroundTruth {
     /// fleet happened to step its nodes does not show.
     pub fn samples_csv(&self) -> String {
         let mut samples = self.samples();
-        samples.sort_by(|a, b| (a.time_ms, &a.node, a.channel).cmp(&(b.time_ms, &b.node, b.channel)));
+        samples
+            .sort_by(|a, b| (a.time_ms, &a.node, a.channel).cmp(&(b.time_ms, &b.node, b.channel)));
         let mut out = String::from("node,channel,seq,time_ms,value,quality\n");
         let mut buf = ryu::Buffer::new();
         for s in samples {

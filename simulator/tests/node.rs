@@ -11,7 +11,12 @@ use tianzhong_simulator::node::{ChannelSpec, NodeSpec, SensorKind, VirtualNode};
 use tianzhong_simulator::signal::Component;
 
 fn constant(q: Quantity, value: f64) -> ChannelSpec {
-    ChannelSpec { quantity: q, signal: vec![Component::Constant { value }], clamp: None, sensor: None }
+    ChannelSpec {
+        quantity: q,
+        signal: vec![Component::Constant { value }],
+        clamp: None,
+        sensor: None,
+    }
 }
 
 fn node(channels: Vec<ChannelSpec>) -> VirtualNode {
@@ -46,7 +51,10 @@ fn every_sensor_path_returns_the_physical_value_within_its_resolution() {
     for (ch, (_, expected, tolerance)) in cases.iter().enumerate() {
         let (value, quality, _) = n.core().channel(ch).unwrap();
         assert_eq!(quality, Quality::Good, "channel {ch}");
-        assert!((f64::from(value) - expected).abs() <= *tolerance, "channel {ch}: {value} vs {expected}");
+        assert!(
+            (f64::from(value) - expected).abs() <= *tolerance,
+            "channel {ch}: {value} vs {expected}"
+        );
     }
     assert!(rounds[0].samples.iter().all(|s| s.seq == 1));
 }
@@ -60,14 +68,22 @@ fn rain_intensity_fills_the_tipping_bucket() {
     // Sampled every 60 s (factory interval for rainfall): 10 more rounds, 0.2 mm each.
     assert_eq!(rounds.len(), 10);
     let total: f32 = rounds.iter().map(|r| r.samples[0].value).sum();
-    assert!((total - 2.0).abs() < 0.21, "{total} mm in 10 min at 12 mm/h");
+    assert!(
+        (total - 2.0).abs() < 0.21,
+        "{total} mm in 10 min at 12 mm/h"
+    );
 }
 
 #[test]
 fn faults_stick_spike_and_break_sensors() {
     let ramp = ChannelSpec {
         quantity: Quantity::CombustibleGas,
-        signal: vec![Component::Ramp { from_s: 0.0, to_s: 100.0, delta: 40.0, hold: true }],
+        signal: vec![Component::Ramp {
+            from_s: 0.0,
+            to_s: 100.0,
+            delta: 40.0,
+            hold: true,
+        }],
         clamp: None,
         sensor: Some(SensorKind::GasBridge),
     };
@@ -81,16 +97,32 @@ fn faults_stick_spike_and_break_sensors() {
     assert_eq!(n.core().channel(0).unwrap().0, at_10s);
 
     // Spike: out of the gas range, kept, flagged T, and the local alarm sounds.
-    n.advance_to(31_000, &[Fault::Spike { channel: 0, value: 110.0 }]);
+    n.advance_to(
+        31_000,
+        &[Fault::Spike {
+            channel: 0,
+            value: 110.0,
+        }],
+    );
     let (value, quality, level) = n.core().channel(0).unwrap();
     assert!(value > 100.0, "{value}");
-    assert_eq!((quality, level), (Quality::Uncertain(tianzhong_protocol::UncertainReason::OutOfRange), AlarmLevel::Red));
+    assert_eq!(
+        (quality, level),
+        (
+            Quality::Uncertain(tianzhong_protocol::UncertainReason::OutOfRange),
+            AlarmLevel::Red
+        )
+    );
 
     // Sensor fault: the bridge at a rail and the SHT4x silent on the bus both read as faults
     // (the temperature channel samples every 5 s, next at 35 s).
     n.advance_to(36_000, &[Fault::SensorFault { channel: None }]);
     for ch in 0..2 {
-        assert_eq!(n.core().channel(ch).unwrap().1.hj212_flag(), 'D', "channel {ch}");
+        assert_eq!(
+            n.core().channel(ch).unwrap().1.hj212_flag(),
+            'D',
+            "channel {ch}"
+        );
     }
     // And back at the next samples.
     n.advance_to(41_000, &[]);
@@ -123,11 +155,22 @@ fn configuration_survives_a_reboot_through_simulated_flash() {
     // FC16: set point 1 of channel 0 := 15.0 (0x41700000), then command Reboot.
     let sp1 = profile::channel_config_base(0) + 2;
     let [hi, lo] = sp1.to_be_bytes();
-    n.modbus(&[0x10, hi, lo, 0x00, 0x02, 0x04, 0x41, 0x70, 0x00, 0x00], &mut out, 0);
+    n.modbus(
+        &[0x10, hi, lo, 0x00, 0x02, 0x04, 0x41, 0x70, 0x00, 0x00],
+        &mut out,
+        0,
+    );
     let [chi, clo] = (profile::CONFIG_BLOCK + 3).to_be_bytes();
     let [rhi, rlo] = (profile::Command::Reboot as u16).to_be_bytes();
     n.modbus(&[0x06, chi, clo, rhi, rlo], &mut out, 0);
     n.advance_to(1_000, &[]);
-    assert_eq!(n.core().status().reset_reason, profile::ResetReason::Software);
-    assert_eq!(n.core().config().channels[0].set_point_1, 15.0, "saved before the reboot");
+    assert_eq!(
+        n.core().status().reset_reason,
+        profile::ResetReason::Software
+    );
+    assert_eq!(
+        n.core().config().channels[0].set_point_1,
+        15.0,
+        "saved before the reboot"
+    );
 }
