@@ -44,22 +44,24 @@
 //!
 //! | fault | effect |
 //! |---|---|
-//! | [`Fault::MqttDisconnect`] | the node publishes its offline status (retained), sends DISCONNECT, and stays off while the fault lasts; the broker does not publish the will after a DISCONNECT |
+//! | [`Fault::MqttDisconnect`] | the node publishes its offline status (retained), sends DISCONNECT once the broker has acknowledged it, and stays off while the fault lasts; the broker does not publish the will after a DISCONNECT |
 //! | [`Fault::DropConnection`] | at each round while active the node closes its socket without DISCONNECT (the round is lost): the broker publishes the last will; the node reconnects after the backoff |
 //! | [`Fault::MalformedPayload`] | instead of telemetry the node publishes, in turn, truncated JSON, the payload with `"v":2`, and a reading whose value is `1e999` (not finite) — all refused by [`Telemetry::from_json`]; counted in [`MqttStats::malformed_sent`] |
 //! | [`Fault::ClockSkew`] | every `ts` the node sends (telemetry, status, alarms) is off by `offset_ms` |
 //!
 //! # Memory
 //!
-//! Each client is a rumqttc `EventLoop` in its own task. Per connection rumqttc keeps an 8 KiB
-//! bit set of incoming QoS 2 packet ids (whatever the QoS in use) and a read and a write buffer
-//! of 8 KiB each; none of these can be configured. The queue rumqttc pre-allocates for 100
-//! events is released at start (a node has a few outstanding), which saves about 5 KB.
+//! Each client is a [`Connection`] of [`mqtt_client`], driven by its node's task. It holds the
+//! socket, a read buffer of a few dozen bytes, the packet ids of the messages awaiting PUBACK
+//! (16 at most), and a write buffer only while the socket has not taken a message at once (one
+//! packet of at most about 1.1 KiB). rumqttc, which the transport used before, fixed 24 KiB of
+//! buffers per connection and could not be told otherwise.
 //!
 //! Measured by the test `memory_per_connected_mqtt_node` (resident set size, debug build): a
-//! connected client adds about 29 KB to the 4.2–4.6 KB of its virtual node, at 1 000 and at
-//! 10 000 nodes alike. 10 000 MQTT nodes thus take about 330 MB, more than the benchmark's
-//! 200 MB; meeting it would take a leaner client than rumqttc.
+//! connected client adds about 3.4–3.8 KB to the 4.2–4.7 KB of its virtual node, where rumqttc
+//! took 29 KB. The example `mqtt_fleet_bench` (release build) runs 10 000 nodes on one local
+//! mosquitto, each publishing every second: 92 MB resident for the whole simulator (3.1 KB a
+//! client), against 415 MB with rumqttc.
 
 use std::collections::VecDeque;
 use std::io;
@@ -68,17 +70,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions,
-    NetworkOptions, Outgoing, QoS,
-};
 use serde::Serialize;
 use tianzhong_firmware::modbus::RegisterBank;
 use tianzhong_protocol::payload::{
     AlarmEvent, NodeStatus, PAYLOAD_VERSION, PayloadError, Telemetry, TelemetryValue,
 };
 use tianzhong_protocol::registers::widen_f32;
-use tianzhong_protocol::topic::{Topic, TopicKind};
+use tianzhong_protocol::topic::{MAX_TOPIC_LEN, Topic, TopicKind};
 use tianzhong_protocol::{AlarmLevel, ChannelId, NodeId, Quality, Quantity, SiteId};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
@@ -90,10 +88,12 @@ use crate::fault::Fault;
 use crate::fleet::{Fleet, NodeRound};
 use crate::node::Round;
 use crate::spec::{BusKind, BusSpec};
+use crate::transport::mqtt_client::{self, Connection, Event, QoS, Will};
 
 /// Keep-alive of every node's connection. The broker declares a silent connection dead after
 /// 1.5 × this, so a node whose host vanished without closing its socket has its last will
-/// published within 7.5 s.
+/// published within 7.5 s. A node in turn takes its connection for lost when the broker leaves
+/// a PUBACK or PINGRESP owed for this long.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// First reconnect delay.
@@ -102,19 +102,24 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// Longest reconnect delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// QoS 1 messages a node may have unacknowledged. A node publishes a few messages per round, so
-/// a handful suffices; rumqttc keeps a slot per possible packet id.
-const INFLIGHT: u16 = 8;
+/// QoS 1 messages a node may have unacknowledged. A round publishes at most its telemetry and
+/// an alarm change per channel (8 at most), and a connect its status, so this covers the worst
+/// round with room for acks that have not come back yet.
+const INFLIGHT: usize = 16;
 
-/// Requests a node's client may queue for its event loop.
-const REQUEST_CAPACITY: usize = 16;
+/// Time for the TCP connect and the broker's CONNACK together, as rumqttc allowed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Rounds a node may have waiting before the oldest is dropped: a node task that cannot keep up
 /// must not make the simulator grow without bound.
 pub const INBOX_LIMIT: usize = 256;
 
-/// Largest payload: 32 readings of about 100 bytes each, and the envelope.
-const PAYLOAD_BUF: usize = 4096;
+/// Largest payload: telemetry of a node's at most 8 channels, about 100 bytes a reading at
+/// worst, and the envelope (checked by a test below).
+const PAYLOAD_BUF: usize = 1024;
+
+/// Largest packet a node sends: a PUBLISH of the longest topic and the largest payload.
+const MAX_PACKET: usize = 1 + 4 + 2 + MAX_TOPIC_LEN + 2 + PAYLOAD_BUF;
 
 /// A snapshot of an MQTT bus's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -141,7 +146,7 @@ pub struct MqttStats {
     pub disconnects: u64,
     /// Publishing instants that passed while the node was offline.
     pub skipped_offline: u64,
-    /// Messages not queued because the client's request queue was full.
+    /// Messages not sent because the client's in-flight window or write buffer was full.
     pub backpressure: u64,
     /// Rounds dropped because a node task fell [`INBOX_LIMIT`] rounds behind.
     pub lagged: u64,
@@ -293,10 +298,10 @@ pub async fn start(fleet: Arc<Fleet>, bus: BusSpec) -> io::Result<Handle> {
     let mut slot_of = vec![None; fleet.len()];
     let mut inboxes = Vec::with_capacity(members.len());
     for (slot, &index) in members.iter().enumerate() {
-        let (task, eventloop) = NodeTask::new(&context, index, now, shutdown_rx.clone());
+        let task = NodeTask::new(&context, index, now, shutdown_rx.clone());
         slot_of[index] = Some(slot);
         inboxes.push(Arc::clone(&task.inbox));
-        tasks.spawn(task.run(eventloop));
+        tasks.spawn(task.run());
     }
     let dispatcher = tokio::spawn(dispatch(rounds, slot_of, inboxes, Arc::clone(&counters)));
     info!(
@@ -385,7 +390,7 @@ enum End {
     Left,
     /// Closed abruptly for [`Fault::DropConnection`].
     Dropped,
-    Failed(ConnectionError),
+    Failed(mqtt_client::Error),
 }
 
 /// The faults of one node at one instant, as far as MQTT is concerned.
@@ -434,7 +439,8 @@ struct NodeTask {
     site: SiteId,
     node: NodeId,
     quantities: Box<[Quantity]>,
-    client: AsyncClient,
+    /// The connection, once the broker has accepted it.
+    conn: Option<Connection<Sent>>,
     inbox: Arc<Inbox>,
     shutdown: watch::Receiver<bool>,
     backoff: Backoff,
@@ -450,10 +456,6 @@ struct NodeTask {
     next_publish_ms: SimMs,
     reported_alarms: Box<[AlarmLevel]>,
     malformed: u32,
-    /// Handed to the client, not yet written to the socket, in order.
-    queued: VecDeque<Sent>,
-    /// Written, waiting for PUBACK, by packet id.
-    inflight: Vec<(u16, Sent)>,
 }
 
 impl NodeTask {
@@ -462,7 +464,7 @@ impl NodeTask {
         index: usize,
         now: SimMs,
         shutdown: watch::Receiver<bool>,
-    ) -> (NodeTask, EventLoop) {
+    ) -> NodeTask {
         let node = context.fleet.node(index);
         let quantities: Box<[Quantity]> = (0..node.core().channel_count())
             .filter_map(|ch| node.core().quantity(ch))
@@ -474,36 +476,17 @@ impl NodeTask {
         );
         drop(node);
 
-        let status = Topic::new(site.clone(), node_id.clone(), TopicKind::Status).to_string();
-        let will = json(|out| NodeStatus::last_will().to_json(out))
-            .expect("the last will is a fixed, valid payload");
-        let mut options =
-            MqttOptions::new(&*id, context.broker.ip().to_string(), context.broker.port());
-        options
-            .set_clean_session(true)
-            .set_keep_alive(KEEP_ALIVE)
-            .set_last_will(LastWill::new(status, will, QoS::AtLeastOnce, true))
-            .set_inflight(INFLIGHT)
-            .set_max_packet_size(PAYLOAD_BUF * 2, PAYLOAD_BUF * 2);
-        let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
-        // rumqttc pre-allocates room for 100 events per client; a node has a few outstanding.
-        eventloop.state.events = VecDeque::new();
-        let mut network = NetworkOptions::new();
-        // Small QoS 1 messages and their acks would otherwise wait on Nagle's algorithm.
-        network.set_tcp_nodelay(true);
-        eventloop.set_network_options(network);
-
         let faults = context.fleet.faults.active(&id, &context.bus, now);
         let active = classify(&faults);
         let channels = quantities.len();
-        let task = NodeTask {
+        NodeTask {
             context: Arc::clone(context),
             index,
             id,
             site,
             node: node_id,
             quantities,
-            client,
+            conn: None,
             inbox: Arc::new(Inbox::default()),
             shutdown,
             backoff: Backoff::new(index),
@@ -518,26 +501,18 @@ impl NodeTask {
             next_publish_ms: 0,
             reported_alarms: vec![AlarmLevel::Normal; channels].into_boxed_slice(),
             malformed: 0,
-            queued: VecDeque::new(),
-            inflight: Vec::new(),
-        };
-        (task, eventloop)
+        }
     }
 
-    async fn run(mut self, mut eventloop: EventLoop) {
+    async fn run(mut self) {
         loop {
             if self.hold_down && !self.idle(None).await {
                 return;
             }
-            let end = self.session(&mut eventloop).await;
-            // Whatever the old connection left behind — its socket, unsent requests, buffered
-            // events — must not leak into the next one: its packet ids would be matched
-            // against the new connection's messages.
-            eventloop.clean();
-            eventloop.pending.clear();
-            eventloop.state.events.clear();
-            self.queued.clear();
-            self.inflight.clear();
+            let end = self.session().await;
+            // The socket, unsent bytes and messages awaiting PUBACK go with the connection: its
+            // packet ids would otherwise be matched against the next connection's messages.
+            self.conn = None;
             self.set_up(false);
             self.leaving = false;
             // A node that was leaving for good does not come back, however its connection ended.
@@ -570,55 +545,69 @@ impl NodeTask {
     }
 
     /// Connects and serves one connection until it ends.
-    async fn session(&mut self, eventloop: &mut EventLoop) -> End {
+    async fn session(&mut self) -> End {
+        let conn = match self.connect().await {
+            Ok(conn) => conn,
+            Err(end) => return end,
+        };
+        self.conn = Some(conn);
+        self.connected();
         loop {
-            let event = {
-                // The poll future lives across the inner loop: cancelling it halfway through
-                // writing a request would lose the request after rumqttc counted it in flight.
-                let poll = eventloop.poll();
-                tokio::pin!(poll);
-                loop {
-                    tokio::select! {
-                        biased;
-                        _ = self.shutdown.changed(), if !self.stopping => {
-                            self.stopping = true;
-                            if !self.up || !self.leave() {
-                                return End::Shutdown;
-                            }
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed(), if !self.stopping => {
+                    self.stopping = true;
+                    if !self.leave() {
+                        return End::Shutdown;
+                    }
+                }
+                event = next_event(&mut self.conn) => match event {
+                    Ok(Event::Acked(sent)) => self.acknowledged(sent),
+                    Ok(Event::Disconnected) => {
+                        return if self.stopping {
+                            End::Shutdown
+                        } else {
+                            End::Left
+                        };
+                    }
+                    Err(error) => return End::Failed(error),
+                },
+                () = self.inbox.notify.notified() => {
+                    for round in self.inbox.take() {
+                        if let Some(end) = self.on_round(&round) {
+                            return end;
                         }
-                        event = &mut poll => break event,
-                        () = self.inbox.notify.notified() => {
-                            for round in self.inbox.take() {
-                                if let Some(end) = self.on_round(&round) {
-                                    return end;
-                                }
-                            }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Connects, taking the rounds that come meanwhile as an offline node's: a broker may be
+    /// slow to answer, and a fault may call the attempt off.
+    async fn connect(&mut self) -> Result<Connection<Sent>, End> {
+        // Boxed: the handshake's state is needed only while connecting, and kept inline it
+        // would enlarge every node's task for the whole life of its connection.
+        let mut connect = Box::pin(connect(
+            Arc::clone(&self.id),
+            self.topic(TopicKind::Status),
+            self.context.broker,
+        ));
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed(), if !self.stopping => {
+                    self.stopping = true;
+                    return Err(End::Shutdown);
+                }
+                result = &mut connect => return result.map_err(End::Failed),
+                () = self.inbox.notify.notified() => {
+                    for round in self.inbox.take() {
+                        if let Some(end) = self.on_round(&round) {
+                            return Err(end);
                         }
                     }
                 }
-            };
-            match event {
-                Ok(Event::Incoming(Incoming::ConnAck(_))) => self.connected(),
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    if let Some(sent) = self.queued.pop_front() {
-                        self.inflight.push((pkid, sent));
-                    }
-                }
-                Ok(Event::Incoming(Incoming::PubAck(ack))) => {
-                    if let Some(at) = self.inflight.iter().position(|(p, _)| *p == ack.pkid) {
-                        let (_, sent) = self.inflight.swap_remove(at);
-                        self.acknowledged(sent);
-                    }
-                }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                    return if self.stopping {
-                        End::Shutdown
-                    } else {
-                        End::Left
-                    };
-                }
-                Ok(_) => {}
-                Err(error) => return End::Failed(error),
             }
         }
     }
@@ -744,10 +733,21 @@ impl NodeTask {
         None
     }
 
-    /// Queues the offline status and DISCONNECT; false when the client could not take them.
+    /// Publishes the offline status and asks for DISCONNECT once it is acknowledged; false
+    /// when the status could not be sent, and the connection had better be dropped so that the
+    /// broker publishes the will instead.
     fn leave(&mut self) -> bool {
         self.leaving = true;
-        self.publish_status(false) && self.client.try_disconnect().is_ok()
+        if !self.publish_status(false) {
+            return false;
+        }
+        match self.conn.as_mut() {
+            Some(conn) => {
+                conn.disconnect();
+                true
+            }
+            None => false,
+        }
     }
 
     /// `t` as the node's clock reads it.
@@ -763,20 +763,20 @@ impl NodeTask {
         Topic::new(self.site.clone(), self.node.clone(), kind).to_string()
     }
 
-    /// Hands a message to the client at QoS 1.
-    fn publish(&mut self, kind: TopicKind, payload: Vec<u8>, retain: bool, sent: Sent) -> bool {
+    /// Publishes a message at QoS 1; false when it was not sent.
+    fn publish(&mut self, kind: TopicKind, payload: &[u8], retain: bool, sent: Sent) -> bool {
         let topic = self.topic(kind);
-        match self
-            .client
-            .try_publish(&topic, QoS::AtLeastOnce, retain, payload)
-        {
-            Ok(()) => {
-                self.queued.push_back(sent);
-                true
-            }
+        // Rounds are published only while connected, so there is always a connection here.
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        match conn.publish(&topic, payload, QoS::AtLeastOnce, retain, sent) {
+            Ok(()) => true,
             Err(error) => {
-                bump(&self.context.counters.backpressure);
-                warn!(node = %self.id, %topic, %error, "MQTT request queue full; message not sent");
+                if error.is_backpressure() {
+                    bump(&self.context.counters.backpressure);
+                }
+                warn!(node = %self.id, %topic, %error, "MQTT message not sent");
                 false
             }
         }
@@ -804,7 +804,7 @@ impl NodeTask {
             }
         };
         match json(|out| status.to_json(out)) {
-            Ok(payload) => self.publish(TopicKind::Status, payload, true, Sent::Status),
+            Ok(payload) => self.publish(TopicKind::Status, &payload, true, Sent::Status),
             Err(error) => {
                 warn!(node = %self.id, topic = %self.topic(TopicKind::Status), %error, "status not serialisable");
                 false
@@ -842,7 +842,7 @@ impl NodeTask {
                     seq: round.seq,
                     time_ms: round.time_ms,
                 };
-                self.publish(TopicKind::Telemetry, payload, false, sent);
+                self.publish(TopicKind::Telemetry, &payload, false, sent);
             }
             Err(error) => warn!(
                 node = %self.id,
@@ -878,7 +878,7 @@ impl NodeTask {
         );
         self.publish(
             TopicKind::Telemetry,
-            payload.into_bytes(),
+            payload.as_bytes(),
             false,
             Sent::Malformed,
         );
@@ -918,7 +918,7 @@ impl NodeTask {
             };
             match json(|out| event.to_json(out)) {
                 Ok(payload) => {
-                    if self.publish(TopicKind::Alarm, payload, false, Sent::Alarm) {
+                    if self.publish(TopicKind::Alarm, &payload, false, Sent::Alarm) {
                         info!(node = %self.id, topic = %self.topic(TopicKind::Alarm), ch, ?level, "local alarm change published");
                         self.reported_alarms[ch] = level;
                     }
@@ -950,6 +950,44 @@ impl NodeTask {
     }
 }
 
+/// Connects as node `id`, with its last will retained on `will_topic`.
+async fn connect(
+    id: Arc<str>,
+    will_topic: String,
+    broker: SocketAddr,
+) -> Result<Connection<Sent>, mqtt_client::Error> {
+    let mut will = [0u8; 64];
+    let will_len = NodeStatus::last_will()
+        .to_json(&mut will)
+        .expect("the last will is a fixed, valid payload");
+    let options = mqtt_client::Options {
+        broker,
+        client_id: &id,
+        keep_alive: KEEP_ALIVE,
+        connect_timeout: CONNECT_TIMEOUT,
+        will: Some(Will {
+            topic: &will_topic,
+            payload: &will[..will_len],
+            qos: QoS::AtLeastOnce,
+            retain: true,
+        }),
+        max_packet: MAX_PACKET,
+        max_inflight: INFLIGHT,
+    };
+    Connection::connect(&options).await
+}
+
+/// The next event of the connection, if there is one; otherwise waits for ever (the caller's
+/// other branches end the wait).
+async fn next_event(
+    conn: &mut Option<Connection<Sent>>,
+) -> Result<Event<Sent>, mqtt_client::Error> {
+    match conn {
+        Some(conn) => conn.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The publishing instant after one at `t`: the next multiple of `period`, or the next
 /// millisecond (every round) when `period` is 0.
 fn next_instant(t: SimMs, period: u64) -> SimMs {
@@ -972,11 +1010,14 @@ fn classify(faults: &[Fault]) -> Active {
     active
 }
 
-/// Serialises a payload into a buffer of its own (the client takes ownership of it).
+/// Serialises a payload on the stack: the client copies it into the packet at once, so ten
+/// thousand nodes need not each hold a buffer for it.
 fn json(
     write: impl FnOnce(&mut [u8]) -> Result<usize, PayloadError>,
-) -> Result<Vec<u8>, PayloadError> {
-    let mut out = vec![0; PAYLOAD_BUF];
+) -> Result<heapless::Vec<u8, PAYLOAD_BUF>, PayloadError> {
+    let mut out = heapless::Vec::new();
+    out.resize(PAYLOAD_BUF, 0)
+        .expect("PAYLOAD_BUF is the vector's capacity");
     let len = write(&mut out)?;
     out.truncate(len);
     Ok(out)
@@ -1010,6 +1051,44 @@ mod tests {
             r#"{"v":1,"seq":3,"ts":5,"readings":[{"ch":0,"q":"co2","value":1e999,"quality":"N"}]}"#
         );
         assert!(Telemetry::from_json(bad.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn the_largest_telemetry_fits_the_payload_buffer() {
+        // A node's most channels, each with the longest quantity key and a value longer than
+        // any widened f32 prints, and the widest seq and ts.
+        let longest = Quantity::ALL
+            .iter()
+            .copied()
+            .max_by_key(|q| q.key().len())
+            .unwrap();
+        let mut readings = heapless::Vec::new();
+        for ch in 0..tianzhong_firmware::node::MAX_CHANNELS {
+            let reading = TelemetryValue {
+                ch: ChannelId(u16::MAX - ch as u16),
+                q: longest,
+                value: -1.234_567_890_123_456_7e-300,
+                unit: None,
+                quality: Some(Quality::Bad(tianzhong_protocol::BadReason::SensorFault)),
+            };
+            readings.push(reading).unwrap();
+        }
+        let telemetry = Telemetry {
+            v: PAYLOAD_VERSION,
+            seq: u32::MAX,
+            ts: Some(u64::MAX),
+            readings,
+        };
+        let payload = json(|out| telemetry.to_json(out)).expect("fits PAYLOAD_BUF");
+        assert!(Telemetry::from_json(&payload).is_ok());
+        // The packet: fixed header, topic, packet id and payload.
+        let topic = Topic::new(
+            SiteId::new(&"s".repeat(32)).unwrap(),
+            NodeId::new(&"n".repeat(32)).unwrap(),
+            TopicKind::Telemetry,
+        )
+        .to_string();
+        assert!(1 + 2 + 2 + topic.len() + 2 + payload.len() <= MAX_PACKET);
     }
 
     #[test]
