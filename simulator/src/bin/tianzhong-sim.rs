@@ -98,6 +98,9 @@ enum BenchTransport {
     /// Sampling, and every node polled once a second over Modbus TCP by a load generator in
     /// another process (247 units behind each listener, as behind serial-to-Ethernet gateways).
     ModbusTcp,
+    /// Sampling, and every node its own MQTT client publishing once a second to a mosquitto
+    /// the benchmark starts (raise `ulimit -n` above the node count first).
+    Mqtt,
 }
 
 /// A fleet of gas detectors (combustible gas, H2S, oxygen), each channel sampled once a second
@@ -152,6 +155,7 @@ fn bench(nodes: usize, seconds: u64, transport: BenchTransport) -> anyhow::Resul
     )?);
     let runtime = tokio::runtime::Runtime::new()?;
     let (label, mut load) = match transport {
+        BenchTransport::Mqtt => unreachable!("handled by bench::mqtt"),
         BenchTransport::Step => ("step (node cores and drivers only)".to_owned(), None),
         BenchTransport::ModbusTcp => {
             let servers = runtime.block_on(async {
@@ -468,8 +472,20 @@ fn main() -> anyhow::Result<()> {
             seconds,
             transport,
         } => {
-            let report = bench(nodes, seconds, transport)?;
-            println!("{report}");
+            if transport == BenchTransport::Mqtt {
+                tracing_subscriber::fmt()
+                    .with_env_filter(
+                        EnvFilter::try_from_default_env()
+                            .unwrap_or_else(|_| EnvFilter::new("error")),
+                    )
+                    .with_writer(std::io::stderr)
+                    .init();
+                tokio::runtime::Runtime::new()?
+                    .block_on(tianzhong_simulator::bench::mqtt::run(nodes, seconds))?;
+            } else {
+                let report = bench(nodes, seconds, transport)?;
+                println!("{report}");
+            }
         }
         Command::BenchLoad {
             addrs,

@@ -4,6 +4,8 @@
 //! system, all threads) and resident memory. A load generator, when there is one, runs in a
 //! separate process so its work is not counted against the simulator.
 
+pub mod mqtt;
+
 use std::time::{Duration, Instant};
 
 /// CPU time and resident memory of this process.

@@ -1,20 +1,15 @@
-//! Measures a fleet of MQTT nodes at 1 Hz: every node its own MQTT client of one local
-//! mosquitto, publishing a telemetry message every second; prints this process's resident memory
-//! and CPU, and the messages per second the broker acknowledged.
+//! The MQTT benchmark: every node its own MQTT client of one local mosquitto, publishing a
+//! telemetry message every second; reports this process's resident memory and CPU, and the
+//! messages per second the broker acknowledged (`tianzhong-sim bench --transport mqtt`).
 //!
-//! ```text
-//! cargo run --release -p tianzhong-simulator --example mqtt_fleet_bench -- [NODES] [SECONDS]
-//! ```
-//!
-//! NODES defaults to 10 000 and SECONDS to 20; `RUST_LOG=warn` shows the nodes' warnings. The example starts its own mosquitto
-//! (`/usr/sbin/mosquitto`) on a free loopback port with `max_connections -1`; both processes
-//! need an open-file limit above NODES, so raise the soft limit first if it is lower
-//! (`ulimit -n $(ulimit -Hn)`): the broker inherits it from here.
+//! It starts its own mosquitto (`/usr/sbin/mosquitto`) on a free loopback port with
+//! `max_connections -1`; both processes need an open-file limit above the node count, so raise
+//! the soft limit first if it is lower (`ulimit -n $(ulimit -Hn)`): the broker inherits it.
 //!
 //! The nodes are gas detectors of three channels (combustible gas, H2S, oxygen) sampled every
-//! second, as the benchmark of `tianzhong-sim bench` uses. The measurement window starts once
-//! every node is connected and a few seconds of publishing have passed, so that it sees the
-//! steady state rather than 10 000 connects.
+//! second, as in the other benchmarks. The measurement window starts once every node is
+//! connected and a few seconds of publishing have passed, so that it sees the steady state
+//! rather than 10 000 connects.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -22,15 +17,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::process_usage;
+use crate::clock::SimClock;
+use crate::fleet::Fleet;
+use crate::node::{ChannelSpec, NodeSpec};
+use crate::signal::Component;
+use crate::spec::{BusKind, BusSpec, FleetSpec};
+use crate::transport::mqtt;
 use anyhow::{Context, bail};
 use tianzhong_protocol::{NodeId, Quantity, SiteId};
-use tianzhong_simulator::bench::process_usage;
-use tianzhong_simulator::clock::SimClock;
-use tianzhong_simulator::fleet::Fleet;
-use tianzhong_simulator::node::{ChannelSpec, NodeSpec};
-use tianzhong_simulator::signal::Component;
-use tianzhong_simulator::spec::{BusKind, BusSpec, FleetSpec};
-use tianzhong_simulator::transport::mqtt;
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 /// Publishing before the window opens: the first seconds after the last connect still carry
@@ -157,19 +152,8 @@ fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    // Quiet by default: ten thousand nodes log their connects at info.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let mut args = std::env::args().skip(1);
-    let nodes: usize = args.next().map_or(Ok(10_000), |a| a.parse())?;
-    let seconds: u64 = args.next().map_or(Ok(20), |a| a.parse())?;
+/// Runs the MQTT benchmark for `nodes` nodes over `seconds` and prints its figures.
+pub async fn run(nodes: usize, seconds: u64) -> anyhow::Result<()> {
     let limit = open_file_limit()?;
     if limit < nodes as u64 + SPARE_FDS {
         bail!(
