@@ -294,7 +294,9 @@ impl<const N: usize> SimFlash<N> {
         let start = offset as usize;
         match start.checked_add(len) {
             Some(end) if end <= N => Ok(start..end),
-            _ => Err(SimFlashError(embedded_storage::nor_flash::NorFlashErrorKind::OutOfBounds)),
+            _ => Err(SimFlashError(
+                embedded_storage::nor_flash::NorFlashErrorKind::OutOfBounds,
+            )),
         }
     }
 }
