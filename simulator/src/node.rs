@@ -268,19 +268,6 @@ fn identity_string(s: &str) -> profile::IdentityString {
     out
 }
 
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in *p {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 impl VirtualNode {
     /// Builds the node at simulated time 0; `seed` is the scenario seed, `base_dir` resolves
     /// replay files.
@@ -289,7 +276,7 @@ impl VirtualNode {
         let mut channels = Vec::with_capacity(spec.channels.len());
         for (n, c) in spec.channels.iter().enumerate() {
             // Each channel's random parts have their own stream, fixed by seed, node and channel.
-            let stream = fnv1a(&[
+            let stream = crate::signal::stream_seed(&[
                 &seed.to_le_bytes(),
                 spec.id.as_bytes(),
                 &(n as u64).to_le_bytes(),

@@ -347,6 +347,22 @@ impl Signal {
     }
 }
 
+/// A 64-bit seed for one random stream, from the scenario seed and the stream's identity (node,
+/// channel, purpose): FNV-1a over the parts, each closed by a separator byte so that `["ab",
+/// "c"]` and `["a", "bc"]` differ.
+pub(crate) fn stream_seed(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in *p {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 /// A uniform draw from [0, 1) with the generator's top 53 bits.
 fn unit(rng: &mut ChaCha8Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)

@@ -247,7 +247,7 @@ impl BusNodes {
             };
             // Each node its own stream, so that one node's garbage does not depend on how often
             // another one was asked.
-            let stream = fnv1a(&[&seed.to_le_bytes(), bus.as_bytes(), id.as_bytes()]);
+            let stream = crate::signal::stream_seed(&[&seed.to_le_bytes(), bus.as_bytes(), id.as_bytes()]);
             match by_unit.get(&unit) {
                 Some(&first) => {
                     let first: &BusNode = &nodes[first];
@@ -274,19 +274,6 @@ impl BusNodes {
     pub(crate) fn by_unit(&self, unit: u8) -> Option<&BusNode> {
         self.by_unit.get(&unit).map(|&i| &self.nodes[i])
     }
-}
-
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in *p {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
 
 /// A request PDU for logs: function and register range.
