@@ -3,5 +3,13 @@
 //!
 //! # Module map
 //!
-//! Nothing is implemented yet; sources, transforms, sinks, the outbox and the console land
-//! with their own issues, on top of [`tianzhong_protocol`].
+//! | module | what |
+//! |---|---|
+//! | [`sources`] | southbound sources (Modbus read planning so far) |
+//! | [`sinks`] | northbound sinks (InfluxDB line protocol so far) |
+//!
+//! The pipeline, the MQTT source, transforms, the outbox and the console land with their
+//! issues, on top of [`tianzhong_protocol`].
+
+pub mod sinks;
+pub mod sources;

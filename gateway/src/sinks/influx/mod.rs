@@ -1,0 +1,3 @@
+//! The InfluxDB v2 sink.
+
+pub mod line_protocol;

@@ -1,0 +1,3 @@
+//! Northbound sinks.
+
+pub mod influx;

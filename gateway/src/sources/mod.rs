@@ -1,0 +1,3 @@
+//! Southbound sources.
+
+pub mod modbus;

@@ -1,0 +1,1 @@
+//! Read planning: which requests read a device's register map.
