@@ -247,7 +247,8 @@ impl BusNodes {
             };
             // Each node its own stream, so that one node's garbage does not depend on how often
             // another one was asked.
-            let stream = crate::signal::stream_seed(&[&seed.to_le_bytes(), bus.as_bytes(), id.as_bytes()]);
+            let stream =
+                crate::signal::stream_seed(&[&seed.to_le_bytes(), bus.as_bytes(), id.as_bytes()]);
             match by_unit.get(&unit) {
                 Some(&first) => {
                     let first: &BusNode = &nodes[first];
