@@ -5,11 +5,13 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`sources`] | southbound sources (Modbus read planning so far) |
+//! | [`config`] | the gateway's TOML configuration, validated up front |
+//! | [`sources`] | southbound sources (Modbus read planning and per-bus scheduling so far) |
 //! | [`sinks`] | northbound sinks (InfluxDB line protocol so far) |
 //!
 //! The pipeline, the MQTT source, transforms, the outbox and the console land with their
 //! issues, on top of [`tianzhong_protocol`].
 
+pub mod config;
 pub mod sinks;
 pub mod sources;

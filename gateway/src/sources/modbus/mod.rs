@@ -1,3 +1,4 @@
 //! The Modbus source.
 
 pub mod plan;
+pub mod scheduler;

@@ -1,0 +1,1 @@
+//! Per-bus poll scheduling.
