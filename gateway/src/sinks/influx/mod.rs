@@ -1,3 +1,4 @@
 //! The InfluxDB v2 sink.
 
 pub mod line_protocol;
+pub mod writer;

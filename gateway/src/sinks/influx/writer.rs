@@ -1,0 +1,1 @@
+//! The InfluxDB v2 HTTP writer.
