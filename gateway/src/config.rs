@@ -15,6 +15,18 @@
 //! [gateway]
 //! id = "gw-plant-a"                # an id (letters, digits, '-', '_', '.'; at most 32)
 //! data_dir = "/var/lib/tianzhong"  # relative paths are relative to this file's directory
+//! http_listen = "127.0.0.1:9480"   # /metrics and /healthz; default 127.0.0.1:9480, "off" for none
+//!
+//! [pipeline]                       # the ingestion stage; every key optional
+//! queue_batches = 256              # batches each stage may hold before its source waits
+//! max_skew_s = 300                 # device clocks further off than this are not trusted
+//! dedup_window = 256               # sequence numbers remembered per channel
+//!
+//! [[calibration]]                  # per-channel correction, after unit conversion:
+//! node = "cp-gas-01"               #   value = value × scale + offset
+//! channel = 0
+//! scale = 1.0                      # default 1
+//! offset = -0.4                    # default 0
 //!
 //! [[bus]]                          # one serial line or one TCP endpoint: one scheduler each
 //! name = "line-1"
@@ -72,6 +84,10 @@
 //! client_id = "gw-plant-a-upstream"  # default "<gateway id>-upstream"
 //! topic_prefix = "city/sensing"
 //! qos = 1                          # 0..=2; default 1
+//!
+//! [sink.local_store]               # readings kept under data_dir (SQLite); on by default
+//! enabled = true
+//! retention_hours = 48             # older readings are deleted; default 48
 //! ```
 //!
 //! At least one source is required: a `[[bus]]` or `[mqtt_source]`. Unknown keys are refused
@@ -129,6 +145,9 @@ pub const DEFAULT_BATCH_SIZE: usize = 5000;
 /// Longest a point waits for its batch when the sink names none.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(1000);
 
+/// Port of `/metrics` when `[gateway] http_listen` names none.
+pub const DEFAULT_HTTP_PORT: u16 = 9480;
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -169,6 +188,54 @@ pub struct Config {
     pub influxdb: Option<InfluxDbSink>,
     /// The `[sink.upstream_mqtt]` section, if any.
     pub upstream_mqtt: Option<UpstreamMqttSink>,
+    /// The `[sink.local_store]` section; `None` when disabled.
+    pub local_store: Option<LocalStoreSink>,
+    /// The `[pipeline]` section.
+    pub pipeline: PipelineSettings,
+    /// The `[[calibration]]` entries.
+    pub calibrations: Vec<Calibration>,
+}
+
+/// How the ingestion stage behaves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineSettings {
+    /// Batches each channel between stages holds before the stage feeding it waits.
+    pub queue_batches: usize,
+    /// Device timestamps further than this from the gateway's clock are replaced by the
+    /// gateway's time of receipt (and counted).
+    pub max_skew: Duration,
+    /// Sequence numbers remembered per (node, channel) for de-duplication.
+    pub dedup_window: u32,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> PipelineSettings {
+        PipelineSettings {
+            queue_batches: 256,
+            max_skew: Duration::from_secs(300),
+            dedup_window: 256,
+        }
+    }
+}
+
+/// A per-channel correction applied after unit conversion: `value × scale + offset`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Calibration {
+    /// Node.
+    pub node: NodeId,
+    /// Channel.
+    pub channel: ChannelId,
+    /// Factor.
+    pub scale: f64,
+    /// Offset, in the quantity's canonical unit.
+    pub offset: f64,
+}
+
+/// The local store of readings under the data directory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalStoreSink {
+    /// Readings older than this are deleted.
+    pub retention: Duration,
 }
 
 /// The gateway itself.
@@ -179,6 +246,8 @@ pub struct Gateway {
     /// Where it keeps its local store; a relative path in the file is resolved against the
     /// file's directory.
     pub data_dir: PathBuf,
+    /// Where `/metrics` and `/healthz` are served; `None` for nowhere.
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 /// One Modbus bus: the unit of scheduling, since requests on it are serialised.
@@ -374,6 +443,33 @@ struct RawConfig {
     mqtt_source: Option<RawMqttSource>,
     #[serde(default)]
     sink: RawSinks,
+    pipeline: Option<RawPipeline>,
+    #[serde(default)]
+    calibration: Vec<Spanned<RawCalibration>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    queue_batches: Option<Spanned<i64>>,
+    max_skew_s: Option<Spanned<f64>>,
+    dedup_window: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCalibration {
+    node: Spanned<String>,
+    channel: Spanned<i64>,
+    scale: Option<Spanned<f64>>,
+    offset: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocalStore {
+    enabled: Option<bool>,
+    retention_hours: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -381,6 +477,7 @@ struct RawConfig {
 struct RawGateway {
     id: Spanned<String>,
     data_dir: Spanned<String>,
+    http_listen: Option<Spanned<String>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -448,6 +545,7 @@ struct RawMqttSource {
 struct RawSinks {
     influxdb: Option<RawInfluxDb>,
     upstream_mqtt: Option<RawUpstreamMqtt>,
+    local_store: Option<RawLocalStore>,
 }
 
 #[derive(Deserialize)]
@@ -594,6 +692,51 @@ impl Context<'_> {
             .as_ref()
             .map(|s| self.upstream_mqtt(s, &gateway.id))
             .transpose()?;
+        let local_store = self.local_store(raw.sink.local_store.as_ref())?;
+        let pipeline = self.pipeline(raw.pipeline.as_ref())?;
+        let mut calibrations: Vec<Calibration> = Vec::with_capacity(raw.calibration.len());
+        for c in &raw.calibration {
+            let c = c.get_ref();
+            let node = NodeId::new(c.node.get_ref())
+                .map_err(|e| self.error(c.node.span(), "calibration.node", e.to_string()))?;
+            let channel = u16::try_from(*c.channel.get_ref())
+                .ok()
+                .filter(|ch| *ch < MAX_MAP_CHANNELS as u16)
+                .ok_or_else(|| {
+                    self.error(
+                        c.channel.span(),
+                        "calibration.channel",
+                        format!("a channel is 0 to {}", MAX_MAP_CHANNELS - 1),
+                    )
+                })?;
+            let scale = c.scale.as_ref().map_or(1.0, |s| *s.get_ref());
+            if !scale.is_finite() || scale == 0.0 {
+                let span = c.scale.as_ref().map_or(c.node.span(), Spanned::span);
+                return Err(self.error(span, "calibration.scale", "must be finite and not 0"));
+            }
+            let offset = c.offset.as_ref().map_or(0.0, |s| *s.get_ref());
+            if !offset.is_finite() {
+                let span = c.offset.as_ref().map_or(c.node.span(), Spanned::span);
+                return Err(self.error(span, "calibration.offset", "must be finite"));
+            }
+            let channel = ChannelId(channel);
+            if calibrations
+                .iter()
+                .any(|k| k.node == node && k.channel == channel)
+            {
+                return Err(self.error(
+                    c.node.span(),
+                    "calibration",
+                    format!("{node} {channel} is calibrated twice"),
+                ));
+            }
+            calibrations.push(Calibration {
+                node,
+                channel,
+                scale,
+                offset,
+            });
+        }
         Ok(Config {
             gateway,
             buses: buses.into_iter().map(|b| b.bus).collect(),
@@ -601,7 +744,73 @@ impl Context<'_> {
             mqtt_source,
             influxdb,
             upstream_mqtt,
+            local_store,
+            pipeline,
+            calibrations,
         })
+    }
+
+    fn local_store(
+        &self,
+        raw: Option<&RawLocalStore>,
+    ) -> Result<Option<LocalStoreSink>, ConfigError> {
+        let default = LocalStoreSink {
+            retention: Duration::from_secs(48 * 3600),
+        };
+        let Some(raw) = raw else {
+            return Ok(Some(default));
+        };
+        if raw.enabled == Some(false) {
+            return Ok(None);
+        }
+        let retention = match &raw.retention_hours {
+            None => default.retention,
+            Some(h) => {
+                let v = *h.get_ref();
+                if !(v.is_finite() && v > 0.0 && v <= 24.0 * 3650.0) {
+                    return Err(self.error(
+                        h.span(),
+                        "sink.local_store.retention_hours",
+                        "must be more than 0 and at most ten years",
+                    ));
+                }
+                Duration::from_secs_f64(v * 3600.0)
+            }
+        };
+        Ok(Some(LocalStoreSink { retention }))
+    }
+
+    fn pipeline(&self, raw: Option<&RawPipeline>) -> Result<PipelineSettings, ConfigError> {
+        let mut out = PipelineSettings::default();
+        let Some(raw) = raw else {
+            return Ok(out);
+        };
+        if let Some(q) = &raw.queue_batches {
+            let v = *q.get_ref();
+            if !(1..=65_536).contains(&v) {
+                return Err(self.error(q.span(), "pipeline.queue_batches", "must be 1 to 65536"));
+            }
+            out.queue_batches = v as usize;
+        }
+        if let Some(s) = &raw.max_skew_s {
+            let v = *s.get_ref();
+            if !(v.is_finite() && v > 0.0 && v <= 86_400.0 * 365.0) {
+                return Err(self.error(
+                    s.span(),
+                    "pipeline.max_skew_s",
+                    "must be more than 0 and at most a year",
+                ));
+            }
+            out.max_skew = Duration::from_secs_f64(v);
+        }
+        if let Some(w) = &raw.dedup_window {
+            let v = *w.get_ref();
+            if !(1..=65_536).contains(&v) {
+                return Err(self.error(w.span(), "pipeline.dedup_window", "must be 1 to 65536"));
+            }
+            out.dedup_window = v as u32;
+        }
+        Ok(out)
     }
 
     fn gateway(&self, raw: &RawGateway) -> Result<Gateway, ConfigError> {
@@ -621,7 +830,28 @@ impl Context<'_> {
             }
             _ => PathBuf::from(dir),
         };
-        Ok(Gateway { id, data_dir })
+        let http_listen = match &raw.http_listen {
+            None => Some(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                DEFAULT_HTTP_PORT,
+            ))),
+            Some(v) if v.get_ref() == "off" => None,
+            Some(v) => Some(v.get_ref().parse().map_err(|_| {
+                self.error(
+                    v.span(),
+                    "gateway.http_listen",
+                    format!(
+                        "`{}` is not an address:port such as 127.0.0.1:9480 (or \"off\")",
+                        v.get_ref()
+                    ),
+                )
+            })?),
+        };
+        Ok(Gateway {
+            id,
+            data_dir,
+            http_listen,
+        })
     }
 
     fn buses(&self, raw: &[Spanned<RawBus>]) -> Result<Vec<CheckedBus>, ConfigError> {

@@ -6,12 +6,23 @@
 //! | module | what |
 //! |---|---|
 //! | [`config`] | the gateway's TOML configuration, validated up front |
-//! | [`sources`] | southbound sources (Modbus read planning and per-bus scheduling so far) |
-//! | [`sinks`] | northbound sinks (InfluxDB line protocol so far) |
-//!
-//! The pipeline, the MQTT source, transforms, the outbox and the console land with their
-//! issues, on top of [`tianzhong_protocol`].
+//! | [`pipeline`] | records, events and the ingestion stage that connects sources to sinks |
+//! | [`sources`] | southbound: Modbus buses (planning, scheduling, polling) and the MQTT source |
+//! | [`transforms`] | timestamps, calibration, range validation, de-duplication |
+//! | [`sinks`] | northbound: InfluxDB, upstream MQTT, the local store |
+//! | [`metrics`] | Prometheus metrics |
+//! | [`http`] | `/metrics` and `/healthz` |
+//! | [`gateway`] | assembling and running a gateway from its configuration |
+//! | [`probe`] | reading one device from the command line |
+//! | [`demo`] | broker, simulated fleet and gateway in one process |
 
 pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod http;
+pub mod metrics;
+pub mod pipeline;
+pub mod probe;
 pub mod sinks;
 pub mod sources;
+pub mod transforms;

@@ -276,7 +276,7 @@ fn the_module_doc_example_is_what_the_encoder_writes() {
     assert_eq!(
         line,
         "combustible_gas,channel=ch0,node=cp-gas-07,site=plant-1,unit=%LEL \
-         value=12.5,quality=\"N\",seq=42u 1700000000000\n"
+         value=12.5,quality=\"N\",quality_code=78u,seq=42u 1700000000000\n"
     );
     assert_eq!(WRITE_PRECISION, "ms");
 }
@@ -295,7 +295,7 @@ fn full_lines_for_other_quantities_and_qualities() {
     assert_eq!(
         encode(&site("haze.station"), &r).unwrap(),
         "pm2_5,channel=ch12,node=aq-03,site=haze.station,unit=ug/m3 \
-         value=100,quality=\"T\",seq=4294967295u 1718000000123\n"
+         value=100,quality=\"T\",quality_code=84u,seq=4294967295u 1718000000123\n"
     );
 
     let mut r = reading("river_9", 65535, Quantity::Flow, -0.25, 0, 0);
@@ -303,7 +303,7 @@ fn full_lines_for_other_quantities_and_qualities() {
     assert_eq!(
         encode(&site("basin"), &r).unwrap(),
         "flow,channel=ch65535,node=river_9,site=basin,unit=m3/s \
-         value=-0.25,quality=\"B\",seq=0u 0\n"
+         value=-0.25,quality=\"B\",quality_code=66u,seq=0u 0\n"
     );
 }
 
@@ -635,7 +635,13 @@ fn assert_parses_back(line: &str, site: &SiteId, r: &Reading) {
         parsed.field("seq"),
         Some(&FieldValue::Unsigned(u64::from(r.seq)))
     );
-    assert_eq!(parsed.fields.len(), 3);
+    assert_eq!(
+        parsed.field("quality_code"),
+        Some(&FieldValue::Unsigned(u64::from(
+            r.quality.hj212_flag() as u8
+        )))
+    );
+    assert_eq!(parsed.fields.len(), 4);
     assert_eq!(
         parsed.timestamp,
         Some(i64::try_from(r.timestamp.millis()).unwrap())

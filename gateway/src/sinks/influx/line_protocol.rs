@@ -13,11 +13,12 @@
 //! | tag | `unit` | the ASCII symbol of the quantity's canonical unit ([`Unit::symbol`]) | `%LEL`, `ug/m3` |
 //! | field | `value` | the value in that unit, a float | `12.5` |
 //! | field | `quality` | the HJ 212 data flag ([`Quality::hj212_flag`]), a string | `"N"` |
+//! | field | `quality_code` | the same flag as its ASCII code, an unsigned integer (as the node profile's quality register holds it), for databases that keep only numeric fields (VictoriaMetrics, Prometheus-style stores) | `78u` |
 //! | field | `seq` | the node's sequence number, an unsigned integer | `42u` |
 //! | timestamp | — | milliseconds since the Unix epoch, UTC | `1700000000000` |
 //!
 //! ```text
-//! combustible_gas,channel=ch0,node=cp-gas-07,site=plant-1,unit=%LEL value=12.5,quality="N",seq=42u 1700000000000
+//! combustible_gas,channel=ch0,node=cp-gas-07,site=plant-1,unit=%LEL value=12.5,quality="N",quality_code=78u,seq=42u 1700000000000
 //! ```
 //!
 //! Tags are written sorted by key, as InfluxDB recommends for write performance. Timestamps are
@@ -75,6 +76,7 @@ const TAG_UNIT: &str = "unit";
 
 const FIELD_VALUE: &str = "value";
 const FIELD_QUALITY: &str = "quality";
+const FIELD_QUALITY_CODE: &str = "quality_code";
 const FIELD_SEQ: &str = "seq";
 
 /// Which part of a line a name belongs to.
@@ -433,6 +435,12 @@ fn write_line<W: fmt::Write>(out: &mut W, site: &SiteId, reading: &Reading) -> f
         ",{}=\"{}\"",
         escape_key(FIELD_QUALITY),
         escape_string_field(flag)
+    )?;
+    write!(
+        out,
+        ",{}={}u",
+        escape_key(FIELD_QUALITY_CODE),
+        quality.register_code()
     )?;
     write!(out, ",{}={seq}u", escape_key(FIELD_SEQ))?;
     writeln!(out, " {}", timestamp.millis())

@@ -5,11 +5,23 @@
 //!
 //! The gateway encodes each batch once, with [`line_protocol`](super::line_protocol), into one
 //! string, without allocating per reading. The `influxdb2` crate's per-point API builds a
-//! `DataPoint` per reading and allocates for every tag and field, and then serialises the
-//! points again itself — work the throughput target (hundreds of thousands of readings per
-//! second on two cores) cannot afford twice. Posting the encoded body directly also keeps the
-//! whole response in hand (status, `Retry-After`, the server's message), which the durable
-//! outbox needs to tell a batch to dead-letter (400) from one to split (413), a configuration
+//! `DataPoint` per reading — some 15 heap allocations for its `String`s and two `BTreeMap`s —
+//! and serialises the points again itself. Measured on this project's 2-core machine
+//! (1 000 000 points in batches of 5 000 to a local stub answering 204, median of 3 runs,
+//! `influxdb2` 0.5.2):
+//!
+//! | client | points/s | CPU s per 10⁶ points | peak RSS |
+//! |---|---|---|---|
+//! | `influxdb2` `DataPoint` + `write_with_precision(ms)` | 141 000 | 6.36 | 19.2 MB |
+//! | our encoder + `influxdb2::write_line_protocol_with_precision` | 1 970 000 | 0.39 | 13.0 MB |
+//! | our encoder + reqwest (this module) | 2 320 000 | 0.32 | 8.0 MB |
+//!
+//! At 6.4 CPU s per million points, the crate's point API alone would need 1.3 cores for the
+//! 200 000 readings/s target. Its line-protocol call is fast, but it throws the response
+//! headers away (no `Retry-After`), has no timeout or retry of its own and pulls in a second
+//! HTTP stack (reqwest 0.11, hyper 0.14). Posting the encoded body ourselves keeps the whole
+//! response in hand (status, `Retry-After`, the server's message), which the durable outbox
+//! needs to tell a batch to dead-letter (400) from one to split (413), a configuration
 //! problem (401/403) and one to retry (429, 5xx).
 //!
 //! # Outcomes

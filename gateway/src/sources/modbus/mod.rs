@@ -1,4 +1,15 @@
-//! The Modbus source.
+//! The Modbus source: one task per bus.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`plan`] | coalescing a register map into reads, splitting on "illegal data address" |
+//! | [`scheduler`] | who gets the bus next: staggering, retries, quarantine (sans-IO) |
+//! | [`device`] | what one device reads and how its answers become records (sans-IO) |
+//! | [`link`] | the tokio-modbus client over TCP or a serial line, with the timeout it lacks |
+//! | [`bus`] | the task that runs a bus: scheduler, link, decoding, metrics, events |
 
+pub mod bus;
+pub mod device;
+pub mod link;
 pub mod plan;
 pub mod scheduler;

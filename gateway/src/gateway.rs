@@ -1,0 +1,173 @@
+//! Assembling a gateway from its configuration and running it.
+//!
+//! [`Gateway::start`] wires the pipeline — one task per Modbus bus, the MQTT source, the
+//! ingestion stage and one task per sink — and returns at once; [`Gateway::shutdown`] stops
+//! the sources, lets the ingestion stage drain and waits for every sink to flush.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::config::Config;
+use crate::metrics::{DeviceCounters, DeviceRow, DeviceTable, Metrics};
+use crate::pipeline::Ingest;
+use crate::sinks::influx::writer::{Writer, WriterConfig};
+use crate::sinks::{influx, local_store, upstream_mqtt};
+use crate::sources::modbus::bus::BusTask;
+use crate::sources::mqtt;
+use crate::transforms::Transforms;
+
+/// A running gateway.
+pub struct Gateway {
+    metrics: Arc<Metrics>,
+    http_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    sources: Vec<JoinHandle<()>>,
+    ingest: JoinHandle<()>,
+    sinks: Vec<JoinHandle<()>>,
+    http: Option<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Starts everything the configuration describes.
+    pub async fn start(config: Config) -> anyhow::Result<Gateway> {
+        let metrics = Arc::new(Metrics::new(DeviceTable {
+            rows: config
+                .devices
+                .iter()
+                .map(|d| DeviceRow {
+                    bus: d.bus.clone(),
+                    device: d.id.to_string(),
+                    unit_label: d.unit.to_string(),
+                    counters: DeviceCounters::default(),
+                })
+                .collect(),
+        }));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let queue = config.pipeline.queue_batches;
+        let (events, events_rx) = mpsc::channel(queue);
+        let mut ingest = Ingest::new(
+            events_rx,
+            Transforms::new(&config.pipeline, &config.calibrations),
+            Arc::clone(&metrics),
+        );
+
+        let mut sinks = Vec::new();
+        if let Some(store) = &config.local_store {
+            std::fs::create_dir_all(&config.gateway.data_dir).with_context(|| {
+                format!(
+                    "creating data directory {}",
+                    config.gateway.data_dir.display()
+                )
+            })?;
+            let path = config.gateway.data_dir.join(local_store::FILE_NAME);
+            let rx = ingest.add_sink(local_store::SINK, queue);
+            sinks.push(tokio::spawn(local_store::run(
+                path,
+                store.retention,
+                rx,
+                Arc::clone(&metrics),
+            )));
+        }
+        if let Some(influx_config) = &config.influxdb {
+            let writer =
+                Writer::new(WriterConfig::from_sink(influx_config)).context("InfluxDB sink")?;
+            let rx = ingest.add_sink(influx::sink::SINK, queue);
+            sinks.push(tokio::spawn(influx::sink::run(
+                writer,
+                influx_config.batch_size,
+                influx_config.flush_interval,
+                rx,
+                Arc::clone(&metrics),
+            )));
+        }
+        if let Some(up) = &config.upstream_mqtt {
+            let rx = ingest.add_sink(upstream_mqtt::SINK, queue);
+            sinks.push(tokio::spawn(upstream_mqtt::run(
+                up.clone(),
+                rx,
+                Arc::clone(&metrics),
+            )));
+        }
+        let ingest = tokio::spawn(ingest.run());
+
+        let mut sources = Vec::new();
+        for bus in &config.buses {
+            let task = BusTask::new(&config, bus, events.clone(), Arc::clone(&metrics))?;
+            sources.push(tokio::spawn(task.run(shutdown_rx.clone())));
+        }
+        if let Some(m) = &config.mqtt_source {
+            sources.push(tokio::spawn(mqtt::run(
+                m.clone(),
+                events.clone(),
+                Arc::clone(&metrics),
+                shutdown_rx.clone(),
+            )));
+        }
+        drop(events);
+
+        let (http_addr, http) = match config.gateway.http_listen {
+            Some(addr) => {
+                let (bound, task) =
+                    crate::http::serve(addr, Arc::clone(&metrics), shutdown_rx.clone())
+                        .await
+                        .with_context(|| format!("serving /metrics on {addr}"))?;
+                info!("metrics at http://{bound}/metrics");
+                (Some(bound), Some(task))
+            }
+            None => (None, None),
+        };
+        info!(
+            gateway = %config.gateway.id,
+            buses = config.buses.len(),
+            devices = config.devices.len(),
+            mqtt_source = config.mqtt_source.is_some(),
+            "gateway started"
+        );
+        Ok(Gateway {
+            metrics,
+            http_addr,
+            shutdown,
+            sources,
+            ingest,
+            sinks,
+            http,
+        })
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Where `/metrics` is served, if anywhere.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Stops the sources, drains the pipeline and waits (at most `grace`) for the sinks to
+    /// flush.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        let drain = async {
+            for s in self.sources {
+                let _ = s.await;
+            }
+            let _ = self.ingest.await;
+            for s in self.sinks {
+                let _ = s.await;
+            }
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!("sinks did not finish flushing within {grace:?}");
+        }
+        if let Some(h) = self.http {
+            let _ = h.await;
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The pipeline's plumbing: what flows between stages and how stages are connected.
+//!
+//! ```text
+//!  sources ──Event──▶ ingest (transforms) ──Arc<[Record]>──▶ sinks
+//!  modbus bus tasks     calibrate, range,        ├─▶ local store
+//!  mqtt source          timestamps, dedup        ├─▶ influxdb
+//!                                                └─▶ upstream mqtt
+//! ```
+//!
+//! Every connection is a bounded channel of *batches* (one Modbus poll, one MQTT message),
+//! never of single readings: at 200 000 readings/s a channel operation per reading would cost
+//! more than the work. A full channel makes the stage feeding it wait — backpressure reaches a
+//! Modbus bus as a later poll and the MQTT source as unread socket data, which the broker
+//! holds — so nothing is dropped between stages. The ingestion stage knows nothing of Modbus
+//! or MQTT: [`Ingest`] takes [`Event`]s from any sender, so a later `tianzhong ingest` can feed
+//! it from a broker alone.
+
+use std::sync::Arc;
+
+use tianzhong_protocol::payload::NodeStatus;
+use tianzhong_protocol::{NodeId, Reading, SiteId};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::transforms::Transforms;
+
+/// A reading on its way through the gateway.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// The site of the node.
+    pub site: SiteId,
+    /// The reading; its value in the quantity's canonical unit.
+    pub reading: Reading,
+    /// When the gateway received it, ms since the Unix epoch.
+    pub received_ms: u64,
+    /// Whether `reading.timestamp` came from the device's clock (and so may be skewed) rather
+    /// than the gateway's.
+    pub device_time: bool,
+}
+
+/// A change in a node's connection, from the source that noticed it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatusEvent {
+    /// Site.
+    pub site: SiteId,
+    /// Node.
+    pub node: NodeId,
+    /// The status; for a polled device the gateway writes it (online when it answers again,
+    /// offline when quarantined).
+    pub status: NodeStatus,
+}
+
+/// What sources send to the ingestion stage.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Readings of one poll or one message.
+    Readings(Vec<Record>),
+    /// A node came or went.
+    Status(StatusEvent),
+}
+
+/// What the ingestion stage sends to each sink: shared, because every sink gets the same
+/// batch.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Readings that passed the transforms.
+    Readings(Arc<[Record]>),
+    /// A node's status.
+    Status(Arc<StatusEvent>),
+}
+
+/// The sending end sources get.
+pub type EventSender = mpsc::Sender<Event>;
+
+/// The ingestion stage: runs the transforms over each batch and hands the survivors to every
+/// sink.
+pub struct Ingest {
+    events: mpsc::Receiver<Event>,
+    transforms: Transforms,
+    sinks: Vec<(String, mpsc::Sender<Output>)>,
+    metrics: Arc<Metrics>,
+}
+
+impl Ingest {
+    /// An ingestion stage reading `events`.
+    pub fn new(
+        events: mpsc::Receiver<Event>,
+        transforms: Transforms,
+        metrics: Arc<Metrics>,
+    ) -> Ingest {
+        Ingest {
+            events,
+            transforms,
+            sinks: Vec::new(),
+            metrics,
+        }
+    }
+
+    /// Adds a sink, returning the receiving end it reads from.
+    pub fn add_sink(&mut self, name: &str, capacity: usize) -> mpsc::Receiver<Output> {
+        let (tx, rx) = mpsc::channel(capacity);
+        self.sinks.push((name.to_owned(), tx));
+        rx
+    }
+
+    /// Runs until every source has hung up, then closes the sinks' channels so they flush and
+    /// finish.
+    pub async fn run(mut self) {
+        while let Some(event) = self.events.recv().await {
+            let output = match event {
+                Event::Readings(mut batch) => {
+                    self.metrics.readings_received.inc_by(batch.len() as u64);
+                    self.transforms.apply(&mut batch, &self.metrics);
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    self.metrics.readings_forwarded.inc_by(batch.len() as u64);
+                    Output::Readings(batch.into())
+                }
+                Event::Status(status) => Output::Status(Arc::new(status)),
+            };
+            for (name, sink) in &self.sinks {
+                // A sink that has stopped (it logged why) must not hold up the others.
+                if sink.send(output.clone()).await.is_err() {
+                    self.metrics.sink_gone(name);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Reading one device from the command line.

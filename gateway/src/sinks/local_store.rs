@@ -1,0 +1,158 @@
+//! The local store: every forwarded reading kept in SQLite under the data directory, so a
+//! gateway with no network still has its recent history (for the console's trends and for
+//! an engineer on site), and the demo needs no database.
+//!
+//! One table, `reading(site, node, channel, quantity, unit, ts_ms, value, quality, seq)`,
+//! indexed by `(node, channel, ts_ms)`. Each batch is one transaction; WAL mode with
+//! `synchronous=NORMAL` lets readers (the console, `sqlite3` on site) look while it writes,
+//! and costs one fsync per checkpoint rather than per batch. Readings older than the
+//! retention are deleted once a minute.
+//!
+//! This is a history, not the outbox: nothing here is replayed. SQLite runs on a blocking
+//! thread, since its calls block.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{Connection, params};
+use tokio::sync::mpsc;
+use tracing::{error, info};
+
+use crate::metrics::Metrics;
+use crate::pipeline::{Output, Record};
+
+/// Name of this sink in metrics and logs.
+pub const SINK: &str = "local_store";
+
+/// The database file under the data directory.
+pub const FILE_NAME: &str = "readings.sqlite";
+
+/// Opens (creating if needed) the store at `path`.
+pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS reading (
+             site     TEXT    NOT NULL,
+             node     TEXT    NOT NULL,
+             channel  INTEGER NOT NULL,
+             quantity TEXT    NOT NULL,
+             unit     TEXT    NOT NULL,
+             ts_ms    INTEGER NOT NULL,
+             value    REAL    NOT NULL,
+             quality  TEXT    NOT NULL,
+             seq      INTEGER NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS reading_by_channel ON reading (node, channel, ts_ms);",
+    )?;
+    Ok(conn)
+}
+
+fn insert(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO reading (site, node, channel, quantity, unit, ts_ms, value, quality, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        let mut flag = [0u8; 4];
+        for r in records {
+            let q = &r.reading;
+            stmt.execute(params![
+                r.site.as_str(),
+                q.node.as_str(),
+                q.channel.0,
+                q.quantity.key(),
+                q.quantity.canonical_unit().symbol(),
+                q.timestamp.millis() as i64,
+                q.value,
+                q.quality.hj212_flag().encode_utf8(&mut flag) as &str,
+                q.seq,
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+/// Runs the sink until its channel closes.
+pub async fn run(
+    path: PathBuf,
+    retention: Duration,
+    mut input: mpsc::Receiver<Output>,
+    metrics: Arc<Metrics>,
+) {
+    let opened = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || open(&path)).await
+    };
+    let mut conn = match opened {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            error!(path = %path.display(), "local store cannot be opened: {e}");
+            return;
+        }
+        Err(e) => {
+            error!("local store task failed: {e}");
+            return;
+        }
+    };
+    info!(path = %path.display(), retention_h = retention.as_secs() / 3600, "local store open");
+    let mut last_prune = std::time::Instant::now();
+    // Gathers what arrived while the last transaction ran, so a busy pipeline commits in
+    // large transactions.
+    let mut pending: Vec<Arc<[Record]>> = Vec::new();
+    while let Some(first) = input.recv().await {
+        if let Output::Readings(r) = first {
+            pending.push(r);
+        }
+        while let Ok(more) = input.try_recv() {
+            if let Output::Readings(r) = more {
+                pending.push(r);
+            }
+            if pending.len() >= 256 {
+                break;
+            }
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        let batches = std::mem::take(&mut pending);
+        let prune = last_prune.elapsed() >= Duration::from_secs(60);
+        if prune {
+            last_prune = std::time::Instant::now();
+        }
+        let result = tokio::task::spawn_blocking(move || {
+            let mut n = 0u64;
+            for b in &batches {
+                insert(&mut conn, b)?;
+                n += b.len() as u64;
+            }
+            if prune {
+                let cutoff = super::super::sources::modbus::bus::unix_ms()
+                    .saturating_sub(retention.as_millis() as u64);
+                conn.execute("DELETE FROM reading WHERE ts_ms < ?1", [cutoff as i64])?;
+            }
+            Ok::<_, rusqlite::Error>((conn, n))
+        })
+        .await;
+        match result {
+            Ok(Ok((c, n))) => {
+                conn = c;
+                metrics.sink_points(SINK, "written", n);
+            }
+            Ok(Err(e)) => {
+                metrics.sink_error(SINK, "sqlite");
+                error!(path = %path.display(), "local store write failed: {e}; the store stops");
+                return;
+            }
+            Err(e) => {
+                error!("local store task failed: {e}");
+                return;
+            }
+        }
+    }
+    info!("local store closed");
+}
