@@ -23,7 +23,7 @@ use tianzhong_simulator::node::{ChannelSpec, NodeSpec};
 use tianzhong_simulator::scenario;
 use tianzhong_simulator::signal::Component;
 use tianzhong_simulator::spec::{BusKind, BusSpec, FleetSpec};
-use tianzhong_simulator::transport::{modbus_rtu, modbus_tcp, mqtt};
+use tianzhong_simulator::transport::{self, Transport, modbus_tcp};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -261,58 +261,6 @@ async fn bench_load(addrs: Vec<SocketAddr>, units: Vec<u8>, seconds: u64) -> any
     Ok(total)
 }
 
-/// Started transports, kept until shutdown.
-enum Transport {
-    Tcp(modbus_tcp::ModbusTcpServer),
-    Rtu(modbus_rtu::ModbusRtuServer),
-    Mqtt(mqtt::Handle),
-}
-
-async fn start_transports(fleet: &Arc<Fleet>, seed: u64) -> anyhow::Result<Vec<Transport>> {
-    let mut started = Vec::new();
-    for bus in fleet.buses.clone() {
-        let nodes = fleet.nodes_on_bus(&bus.name).len();
-        let t = match &bus.kind {
-            BusKind::ModbusTcp { .. } => {
-                let server = modbus_tcp::start(Arc::clone(fleet), &bus, seed)
-                    .await
-                    .with_context(|| format!("bus {}: Modbus TCP", bus.name))?;
-                let addrs: Vec<String> = server.addrs().iter().map(ToString::to_string).collect();
-                eprintln!(
-                    "bus {}: Modbus TCP, {nodes} nodes on {}",
-                    bus.name,
-                    addrs.join(" ")
-                );
-                Transport::Tcp(server)
-            }
-            BusKind::ModbusRtu { baud, .. } => {
-                let server = modbus_rtu::start(Arc::clone(fleet), &bus, seed)
-                    .await
-                    .with_context(|| format!("bus {}: Modbus RTU", bus.name))?;
-                eprintln!(
-                    "bus {}: Modbus RTU {baud} baud, {nodes} nodes on {} (-> {})",
-                    bus.name,
-                    server.link().display(),
-                    server.pty().display()
-                );
-                Transport::Rtu(server)
-            }
-            BusKind::Mqtt { broker, .. } => {
-                let handle = mqtt::start(Arc::clone(fleet), bus.clone())
-                    .await
-                    .with_context(|| format!("bus {}: MQTT broker {broker}", bus.name))?;
-                eprintln!(
-                    "bus {}: MQTT, {nodes} nodes publishing to {broker}",
-                    bus.name
-                );
-                Transport::Mqtt(handle)
-            }
-        };
-        started.push(t);
-    }
-    Ok(started)
-}
-
 /// One status line: simulated time, counters, alarms.
 fn status_line(fleet: &Fleet, transports: &[Transport]) -> String {
     let t = fleet.stepped_to() / 1000;
@@ -386,7 +334,7 @@ async fn run(
         fleet.len(),
         spec.buses.len()
     );
-    let transports = start_transports(&fleet, spec.seed).await?;
+    let transports = transport::start_all(&fleet, spec.seed).await?;
     let server = control::serve(Control::new(Arc::clone(&fleet)), control)
         .await
         .with_context(|| format!("control interface on {control}"))?;
@@ -416,11 +364,7 @@ async fn run(
     }
     eprintln!("\n{}", status_line(&fleet, &transports));
     for t in transports {
-        match t {
-            Transport::Tcp(s) => s.shutdown().await,
-            Transport::Rtu(s) => s.shutdown().await,
-            Transport::Mqtt(h) => h.shutdown(Duration::from_secs(5)).await,
-        }
+        t.shutdown().await;
     }
     let _ = server.shutdown().await;
     if let Some(path) = truth {
