@@ -25,6 +25,7 @@
 //! | `tianzhong_modbus_bus_request_seconds` | `bus` | the same, per bus |
 //! | `tianzhong_modbus_device_last_seen_seconds` | `bus`, `device`, `unit` | Unix time of the last answer |
 //! | `tianzhong_modbus_device_quarantined` | `bus`, `device`, `unit` | 1 while quarantined |
+//! | `tianzhong_modbus_device_alarm_level` | `bus`, `device`, `unit` | the node's own highest local alarm (0–4) |
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -117,6 +118,10 @@ pub struct Metrics {
     pub sink_write_seconds: Family<SinkLabels, Histogram, fn() -> Histogram>,
     /// Per-device Modbus statistics.
     pub devices: std::sync::Arc<DeviceTable>,
+    /// All of `malformed`, summed (not exported; for status lines and tests).
+    pub malformed_sum: Counter,
+    /// All of `mqtt_messages`, summed (not exported).
+    pub mqtt_messages_sum: Counter,
 }
 
 impl fmt::Debug for Metrics {
@@ -146,6 +151,8 @@ impl Metrics {
             sink_errors: Family::default(),
             sink_write_seconds: Family::new_with_constructor(write_buckets),
             devices: std::sync::Arc::new(devices),
+            malformed_sum: Counter::default(),
+            mqtt_messages_sum: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -209,6 +216,7 @@ impl Metrics {
 
     /// Counts one piece of bad input.
     pub fn malformed(&self, source: &str, reason: &str) {
+        self.malformed_sum.inc();
         self.malformed
             .get_or_create(&MalformedLabels {
                 source: source.to_owned(),
@@ -290,6 +298,9 @@ pub struct DeviceCounters {
     pub last_seen_ms: AtomicU64,
     /// 1 while quarantined.
     pub quarantined: AtomicU64,
+    /// The highest local alarm level a Tianzhong node reported in its status block (0
+    /// normal … 4 red), as its own fail-safe alarm evaluates it.
+    pub alarm_level: AtomicU64,
     /// Latency histogram: counts per bucket of [`LATENCY_BUCKETS`], then `+Inf`.
     pub latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     /// Sum of latencies in µs.
@@ -366,7 +377,7 @@ impl Collector for DeviceTable {
         }
         {
             let mut e = encoder.encode_descriptor(
-                "tianzhong_modbus_requests",
+                "modbus_requests",
                 "Modbus polls per device, by result",
                 None,
                 MetricType::Counter,
@@ -385,7 +396,7 @@ impl Collector for DeviceTable {
         }
         {
             let mut e = encoder.encode_descriptor(
-                "tianzhong_modbus_request_seconds",
+                "modbus_request_seconds",
                 "Latency of answered Modbus polls per device",
                 None,
                 MetricType::Histogram,
@@ -403,7 +414,7 @@ impl Collector for DeviceTable {
         }
         {
             let mut e = encoder.encode_descriptor(
-                "tianzhong_modbus_device_last_seen_seconds",
+                "modbus_device_last_seen_seconds",
                 "Unix time of the device's last answer (0: never)",
                 None,
                 MetricType::Gauge,
@@ -420,7 +431,7 @@ impl Collector for DeviceTable {
         }
         {
             let mut e = encoder.encode_descriptor(
-                "tianzhong_modbus_device_quarantined",
+                "modbus_device_quarantined",
                 "1 while the device is quarantined for not answering",
                 None,
                 MetricType::Gauge,
@@ -432,6 +443,23 @@ impl Collector for DeviceTable {
                     ("unit", r.unit_label.as_str()),
                 ];
                 let v = r.counters.quarantined.load(Relaxed) as i64;
+                ConstGauge::new(v).encode(e.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut e = encoder.encode_descriptor(
+                "tianzhong_modbus_device_alarm_level",
+                "Highest local alarm level the node reports (0 normal, 1 blue, 2 yellow, 3 orange, 4 red)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for r in &self.rows {
+                let labels = [
+                    ("bus", r.bus.as_str()),
+                    ("device", r.device.as_str()),
+                    ("unit", r.unit_label.as_str()),
+                ];
+                let v = r.counters.alarm_level.load(Relaxed) as i64;
                 ConstGauge::new(v).encode(e.encode_family(&labels)?)?;
             }
         }
@@ -457,7 +485,7 @@ impl Collector for DeviceTable {
         }
         {
             let mut e = encoder.encode_descriptor(
-                "tianzhong_modbus_bus_requests",
+                "modbus_bus_requests",
                 "Modbus polls per bus, by result",
                 None,
                 MetricType::Counter,
@@ -470,7 +498,7 @@ impl Collector for DeviceTable {
             }
         }
         let mut e = encoder.encode_descriptor(
-            "tianzhong_modbus_bus_request_seconds",
+            "modbus_bus_request_seconds",
             "Latency of answered Modbus polls per bus",
             None,
             MetricType::Histogram,

@@ -208,6 +208,7 @@ pub async fn run(
                         kind: kind_label(&p.topic).to_owned(),
                     })
                     .inc();
+                metrics.mqtt_messages_sum.inc();
                 let event = match parse(&p.topic, &p.payload, unix_ms()) {
                     Ok(Parsed::Readings(records)) if !records.is_empty() => {
                         Event::Readings(records)

@@ -274,6 +274,7 @@ impl BusTask {
 
         if matches!(result, ReadResult::Data(_)) && !blocks.is_empty() {
             let decoded = d.decode(&blocks, now);
+            row.alarm_level.store(u64::from(d.alarm.code()), Relaxed);
             for e in &decoded.errors {
                 self.metrics.malformed("modbus", "decode");
                 warn!(bus = %self.bus.name, unit = d.unit, device = %d.id, "{e}");

@@ -52,6 +52,8 @@ pub struct PolledDevice {
     pub polls: u32,
     /// Whether the device was answering at the last change (None: not yet known).
     pub online: Option<bool>,
+    /// The highest local alarm a Tianzhong node last reported.
+    pub alarm: tianzhong_protocol::AlarmLevel,
 }
 
 /// A block of registers read from a device.
@@ -92,6 +94,7 @@ impl PolledDevice {
             reads,
             polls: 0,
             online: None,
+            alarm: tianzhong_protocol::AlarmLevel::Normal,
         })
     }
 
@@ -117,7 +120,10 @@ impl PolledDevice {
                     return out;
                 };
                 match Status::decode(&first.registers) {
-                    Ok(status) => status.seq,
+                    Ok(status) => {
+                        self.alarm = status.highest_alarm;
+                        status.seq
+                    }
                     Err(e) => {
                         out.errors
                             .push(format!("status block {}: {e}", first.request));
