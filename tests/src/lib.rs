@@ -5,6 +5,18 @@
 //! | test | what it runs |
 //! |---|---|
 //! | `tests/qemu_node.rs` | the STM32F405 firmware under `qemu-system-arm -M netduinoplus2`, polled over Modbus RTU from the host with tokio-modbus |
+//! | `tests/gateway_e2e.rs` | simulated fleets (Modbus TCP, Modbus RTU on pseudo-terminals, MQTT via mosquitto) → the gateway → VictoriaMetrics and an upstream mosquitto, checked against the simulator's ground truth; a dead RTU node, a broker restart, malformed input |
 //!
-//! Shared harness code (starting brokers, fleets and gateways) will live in this library as
-//! the gateway and simulator arrive.
+//! Shared harness code:
+//!
+//! | module | what |
+//! |---|---|
+//! | [`services`] | mosquitto and VictoriaMetrics started per test on free loopback ports, in temporary directories, killed when dropped |
+//! | [`fleet`] | simulated fleets built programmatically, run on real time, and the gateway configuration that matches them |
+//! | [`gateway`] | starting a gateway in-process from configuration text; reading its metrics |
+//! | [`check`] | joining VictoriaMetrics series and upstream MQTT messages into readings and comparing them with the ground truth |
+
+pub mod check;
+pub mod fleet;
+pub mod gateway;
+pub mod services;
