@@ -448,7 +448,7 @@ impl Collector for DeviceTable {
         }
         {
             let mut e = encoder.encode_descriptor(
-                "tianzhong_modbus_device_alarm_level",
+                "modbus_device_alarm_level",
                 "Highest local alarm level the node reports (0 normal, 1 blue, 2 yellow, 3 orange, 4 red)",
                 None,
                 MetricType::Gauge,

@@ -76,6 +76,21 @@ enum Command {
         #[arg(long, value_enum, default_value_t = BenchTransport::Step)]
         transport: BenchTransport,
     },
+    /// Serves a benchmark fleet of gas detectors over Modbus TCP (247 units behind each
+    /// listener) until stdin closes, for the gateway's benchmark to poll. Prints one line per
+    /// listener, `ADDRESS UNITS`, then `READY`.
+    #[command(hide = true)]
+    BenchServe {
+        /// Nodes in the fleet.
+        #[arg(long)]
+        nodes: usize,
+        /// Channels per node, 1 to 16 (combustible gas, H2S, O2, CO, repeated).
+        #[arg(long, default_value_t = 3)]
+        channels: usize,
+        /// Simulated seconds per real second: nodes sample once a simulated second.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+    },
     /// The benchmark's load generator (run by `bench` as a separate process).
     #[command(hide = true)]
     BenchLoad {
@@ -106,6 +121,11 @@ enum BenchTransport {
 /// A fleet of gas detectors (combustible gas, H2S, oxygen), each channel sampled once a second
 /// as the firmware's factory configuration does for gas.
 fn bench_fleet(nodes: usize, buses: &[BusSpec]) -> FleetSpec {
+    bench_fleet_with(nodes, 3, buses)
+}
+
+/// [`bench_fleet`] with `channels` channels per node (combustible gas, H2S, O2, CO, repeated).
+fn bench_fleet_with(nodes: usize, channels: usize, buses: &[BusSpec]) -> FleetSpec {
     let site = SiteId::new("bench").expect("valid id");
     let channel = |q: Quantity, value: f64, sigma: f64| ChannelSpec {
         quantity: q,
@@ -120,11 +140,16 @@ fn bench_fleet(nodes: usize, buses: &[BusSpec]) -> FleetSpec {
             bus: buses[n / 247].name.clone(),
             unit: (n % 247 + 1) as u8,
             model: "TZ-GAS-3".into(),
-            channels: vec![
+            channels: [
                 channel(Quantity::CombustibleGas, 2.0, 0.3),
                 channel(Quantity::H2s, 1.0, 0.2),
                 channel(Quantity::Oxygen, 20.9, 0.05),
-            ],
+                channel(Quantity::Co, 3.0, 0.5),
+            ]
+            .into_iter()
+            .cycle()
+            .take(channels)
+            .collect(),
         })
         .collect();
     FleetSpec {
@@ -430,6 +455,52 @@ fn main() -> anyhow::Result<()> {
                 let report = bench(nodes, seconds, transport)?;
                 println!("{report}");
             }
+        }
+        Command::BenchServe {
+            nodes,
+            channels,
+            speed,
+        } => {
+            anyhow::ensure!((1..=16).contains(&channels), "--channels must be 1 to 16");
+            anyhow::ensure!(speed > 0.0, "--speed must be positive");
+            let buses: Vec<BusSpec> = (0..nodes.div_ceil(247))
+                .map(|b| BusSpec {
+                    name: format!("bench-{b}"),
+                    kind: BusKind::ModbusTcp {
+                        listen: "127.0.0.1:0".parse().expect("address"),
+                        per_node: false,
+                    },
+                })
+                .collect();
+            let fleet = Arc::new(Fleet::build(
+                &bench_fleet_with(nodes, channels, &buses),
+                SimClock::new(
+                    SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64,
+                    speed,
+                ),
+                false,
+            )?);
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let mut servers = Vec::new();
+                for bus in &buses {
+                    let server = modbus_tcp::start(Arc::clone(&fleet), bus, 1).await?;
+                    println!(
+                        "{} {}",
+                        server.addrs()[0],
+                        fleet.nodes_on_bus(&bus.name).len()
+                    );
+                    servers.push(server);
+                }
+                println!("READY");
+                let stepper = tokio::spawn(Arc::clone(&fleet).run(Duration::from_millis(20)));
+                // Until the benchmark closes our stdin (or dies, which closes it too).
+                let mut sink = Vec::new();
+                let _ =
+                    tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
+                stepper.abort();
+                anyhow::Ok(())
+            })?;
         }
         Command::BenchLoad {
             addrs,
