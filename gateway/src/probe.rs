@@ -129,7 +129,7 @@ pub async fn probe(target: ProbeTarget) -> Result<String, String> {
                 unit,
                 poll_interval: Duration::from_secs(1),
                 kind: DeviceKind::Tianzhong { quantities },
-                map,
+                map: map.into(),
             }
         }
     };

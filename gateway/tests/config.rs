@@ -228,7 +228,7 @@ fn a_full_configuration_parses_to_what_it_says() {
             quantities: quantities.clone()
         }
     );
-    assert_eq!(gas.map, profile::register_map(&quantities).unwrap());
+    assert_eq!(*gas.map, profile::register_map(&quantities).unwrap());
 
     let met = &c.devices[1];
     assert_eq!(met.kind, DeviceKind::Inline);

@@ -21,6 +21,13 @@ use tianzhong_gateway::gateway::Gateway;
 use tianzhong_gateway::probe::{ProbeTarget, probe};
 use tracing_subscriber::EnvFilter;
 
+// glibc's allocator gives tokio's threads arenas of their own and returns little to the
+// system. Measured with 10 000 devices polled once a second (gateway/benches/gateway.rs), the
+// daemon held 88 MB of RSS under glibc, 77 MB under mimalloc and 35 MB under jemalloc,
+// against a target of 50 MB.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "tianzhong", version, about = "Tianzhong IoT sensing gateway")]
 struct Cli {

@@ -44,8 +44,8 @@ pub struct PolledDevice {
     pub unit: u8,
     /// Poll interval.
     pub interval: Duration,
-    /// Register map.
-    pub map: RegisterMap,
+    /// Register map (shared with the configuration).
+    pub map: std::sync::Arc<RegisterMap>,
     /// How to read it.
     pub reads: Reads,
     /// Polls so far; the sequence number of a device without its own.
