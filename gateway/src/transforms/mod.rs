@@ -2,10 +2,10 @@
 //!
 //! | step | module | what |
 //! |---|---|---|
-//! | 1 | [`timestamp`] | device time kept when within the allowed skew, else the gateway's time of receipt (counted) |
-//! | 2 | [`calibrate`] | per-channel `value × scale + offset`, in the canonical unit |
-//! | 3 | [`range`] | a value outside the quantity's valid range is kept and flagged `Uncertain(OutOfRange)` |
-//! | 4 | [`dedup`] | a reading whose (node, channel, seq) was already forwarded is dropped (counted) |
+//! | 1 | [`dedup`] | a reading whose (node, channel, seq) was already forwarded is dropped (counted), before any work is spent on it |
+//! | 2 | [`timestamp`] | device time kept when within the allowed skew, else the gateway's time of receipt (counted) |
+//! | 3 | [`calibrate`] | per-channel `value × scale + offset`, in the canonical unit |
+//! | 4 | [`range`] | a value outside the quantity's valid range is kept and flagged `Uncertain(OutOfRange)` |
 //!
 //! Register decoding and unit normalisation happen earlier, where the bytes are understood:
 //! the Modbus source decodes through the protocol crate's register map, the MQTT source
@@ -53,6 +53,9 @@ impl Transforms {
     /// Runs every step over `batch` in place and counts what changed in `metrics`.
     pub fn apply(&mut self, batch: &mut Vec<Record>, metrics: &Metrics) -> Counts {
         let mut counts = Counts::default();
+        let before = batch.len();
+        batch.retain(|r| self.dedup.admit(r));
+        counts.duplicates = (before - batch.len()) as u64;
         for r in batch.iter_mut() {
             if self.timestamp.apply(r) {
                 counts.restamped += 1;
@@ -62,9 +65,6 @@ impl Transforms {
                 counts.out_of_range += 1;
             }
         }
-        let before = batch.len();
-        batch.retain(|r| self.dedup.admit(r));
-        counts.duplicates = (before - batch.len()) as u64;
         for (reason, n, family) in [
             ("clock_skew", counts.restamped, &metrics.readings_flagged),
             (
