@@ -455,6 +455,17 @@ fn the_deploy_examples_parse() {
     assert!(matches!(c.buses[0].link, Link::Rtu { baud: 9600, .. }));
     assert_eq!(c.devices.len(), 1);
     assert!(c.mqtt_source.is_none() && c.influxdb.is_none() && c.upstream_mqtt.is_none());
+    assert!(c.local_store.is_some());
+
+    let edge = deploy("gateway.mqtt-edge.toml");
+    let text = std::fs::read_to_string(&edge).unwrap();
+    let c = config::parse(&text, &edge, &env).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.buses.is_empty() && c.mqtt_source.is_some() && c.influxdb.is_some());
+    assert_eq!(c.pipeline.max_skew, std::time::Duration::from_secs(3600));
+    assert_eq!(
+        c.local_store.unwrap().retention,
+        std::time::Duration::from_secs(168 * 3600)
+    );
 }
 
 #[test]
@@ -956,5 +967,79 @@ fn structural_mistakes_are_refused() {
         "# alone",
         "gateway",
         "the gateway has nothing to read",
+    );
+}
+
+#[test]
+fn pipeline_calibration_store_and_http_settings_are_checked() {
+    let c = parse_ok(&with(
+        "\n[pipeline]\nqueue_batches = 8\nmax_skew_s = 60\ndedup_window = 64\n\n[[calibration]]\nnode = \"gas-01\"\nchannel = 0\nscale = 1.02\noffset = -0.4\n\n[sink.local_store]\nretention_hours = 12\n",
+    ));
+    assert_eq!(c.pipeline.queue_batches, 8);
+    assert_eq!(c.pipeline.max_skew, std::time::Duration::from_secs(60));
+    assert_eq!(c.pipeline.dedup_window, 64);
+    assert_eq!(c.calibrations.len(), 1);
+    assert_eq!(
+        (c.calibrations[0].scale, c.calibrations[0].offset),
+        (1.02, -0.4)
+    );
+    assert_eq!(
+        c.local_store.unwrap().retention,
+        std::time::Duration::from_secs(12 * 3600)
+    );
+    // Defaults: metrics on loopback, the local store on.
+    let c = parse_ok(BASE);
+    assert_eq!(
+        c.gateway.http_listen,
+        Some("127.0.0.1:9480".parse().unwrap())
+    );
+    assert!(c.local_store.is_some());
+    let c = parse_ok(&with("\n[sink.local_store]\nenabled = false\n"));
+    assert!(c.local_store.is_none());
+    let off = BASE.replace(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\nhttp_listen = \"off\"",
+    );
+    assert_eq!(parse_ok(&off).gateway.http_listen, None);
+
+    let bad_http = BASE.replace(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\nhttp_listen = \"localhost\"",
+    );
+    assert_fails(
+        &bad_http,
+        "http_listen",
+        "gateway.http_listen",
+        "not an address:port",
+    );
+    assert_fails(
+        &with("\n[pipeline]\nqueue_batches = 0\n"),
+        "queue_batches",
+        "pipeline.queue_batches",
+        "1 to 65536",
+    );
+    assert_fails(
+        &with("\n[pipeline]\nmax_skew_s = -1\n"),
+        "max_skew_s",
+        "pipeline.max_skew_s",
+        "more than 0",
+    );
+    assert_fails(
+        &with("\n[[calibration]]\nnode = \"gas-01\"\nchannel = 0\nscale = 0\n"),
+        "scale = 0",
+        "calibration.scale",
+        "not 0",
+    );
+    assert_fails(
+        &with("\n[[calibration]]\nnode = \"gas-01\"\nchannel = 99\n"),
+        "channel = 99",
+        "calibration.channel",
+        "a channel is 0 to 63",
+    );
+    assert_fails(
+        &with("\n[sink.local_store]\nretention_hours = 0\n"),
+        "retention_hours",
+        "sink.local_store.retention_hours",
+        "more than 0",
     );
 }

@@ -4,7 +4,7 @@
 //! | topic | payload | QoS, retained |
 //! |---|---|---|
 //! | `{prefix}/tianzhong/v1/{site}/{node}/telemetry` | [`Telemetry`]: one sample (one `seq`) of a node, every value in its canonical unit with `unit`, `quality` and `ts` written out | configured (default 1), no |
-//! | `{prefix}/tianzhong/v1/{site}/{node}/status` | [`NodeStatus`] | configured, retained |
+//! | `{prefix}/tianzhong/v1/{site}/{node}/status` | [`NodeStatus`](tianzhong_protocol::payload::NodeStatus) | configured, retained |
 //!
 //! The payloads are the protocol crate's, so the platform parses them with the same code as
 //! the gateway. Every message carries the node's `seq`, so a consumer can drop a QoS 1
