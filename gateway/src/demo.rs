@@ -281,6 +281,13 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     if let Some(addr) = gateway.http_addr() {
         eprintln!("  metrics         http://{addr}/metrics");
     }
+    if options.speed != 1.0 {
+        eprintln!(
+            "  note            simulated clocks run x{} real time, so MQTT nodes' timestamps run \
+             ahead and the gateway restamps them (tianzhong_readings_flagged_total{{reason=\"clock_skew\"}})",
+            options.speed
+        );
+    }
     eprintln!("Ctrl-C stops.\n");
 
     let started_at = Instant::now();
