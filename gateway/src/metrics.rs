@@ -70,6 +70,15 @@ pub struct SinkResultLabels {
     pub result: String,
 }
 
+/// Labels with a `sink` and a `kind` of failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkKindLabels {
+    /// Sink name.
+    pub sink: String,
+    /// Failure kind.
+    pub kind: String,
+}
+
 /// Labels with a `reason`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -113,7 +122,7 @@ pub struct Metrics {
     /// Points per sink and result.
     pub sink_points: Family<SinkResultLabels, Counter>,
     /// Failed sink attempts per sink and kind.
-    pub sink_errors: Family<SinkResultLabels, Counter>,
+    pub sink_errors: Family<SinkKindLabels, Counter>,
     /// Time per sink write.
     pub sink_write_seconds: Family<SinkLabels, Histogram, fn() -> Histogram>,
     /// Per-device Modbus statistics.
@@ -238,9 +247,9 @@ impl Metrics {
     /// Counts a failed attempt of `sink`.
     pub fn sink_error(&self, sink: &str, kind: &str) {
         self.sink_errors
-            .get_or_create(&SinkResultLabels {
+            .get_or_create(&SinkKindLabels {
                 sink: sink.to_owned(),
-                result: kind.to_owned(),
+                kind: kind.to_owned(),
             })
             .inc();
     }

@@ -410,3 +410,100 @@ async fn a_refused_connection_is_retryable() {
     assert_eq!(error.attempts, 3);
     assert!(error.to_string().contains(&url), "{error}");
 }
+
+fn record(seq: u32) -> tianzhong_gateway::pipeline::Record {
+    use tianzhong_protocol::reading::{ChannelId, Timestamp};
+    use tianzhong_protocol::{NodeId, Quality, Quantity, Reading, SiteId};
+    tianzhong_gateway::pipeline::Record {
+        site: SiteId::new("plant-1").unwrap(),
+        reading: Reading::new(
+            NodeId::new("cp-gas-07").unwrap(),
+            ChannelId(0),
+            Quantity::CombustibleGas,
+            12.5,
+            Timestamp(1_700_000_000_000 + u64::from(seq) * 1000),
+            seq,
+            Quality::Good,
+        )
+        .unwrap(),
+        received_ms: 0,
+        device_time: false,
+    }
+}
+
+/// The sink task: batches by size, flushes a partial batch after the flush interval and at
+/// shutdown, and counts a refused batch as rejected rather than losing track of it.
+#[tokio::test]
+async fn the_sink_batches_by_size_and_time_and_counts_refusals() {
+    use tianzhong_gateway::metrics::{DeviceTable, Metrics};
+    use tianzhong_gateway::pipeline::Output;
+    use tianzhong_gateway::sinks::influx::sink;
+
+    let stub = Stub::start(vec![
+        status(204),
+        status(204),
+        Reply::Status(
+            400,
+            Vec::new(),
+            r#"{"code":"invalid","message":"bad line"}"#.into(),
+        ),
+        status(204),
+    ])
+    .await;
+    let metrics = Arc::new(Metrics::new(DeviceTable::default()));
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let task = tokio::spawn(sink::run(
+        writer(&stub.url),
+        3,
+        Duration::from_millis(300),
+        rx,
+        Arc::clone(&metrics),
+    ));
+    // 7 readings in two batches: two full writes of 3, and 1 left waiting.
+    let first: Vec<_> = (0..4).map(record).collect();
+    let second: Vec<_> = (4..7).map(record).collect();
+    tx.send(Output::Readings(first.into())).await.unwrap();
+    tx.send(Output::Readings(second.into())).await.unwrap();
+    // The partial batch goes after the flush interval, without more input.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stub.received().len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    {
+        let received = stub.received();
+        let lines: Vec<usize> = received.iter().map(|r| r.body.lines().count()).collect();
+        assert_eq!(lines, vec![3, 3, 1]);
+        // Lines in order, each reading once.
+        let seqs: Vec<String> = received
+            .iter()
+            .flat_map(|r| r.body.lines().map(str::to_owned).collect::<Vec<_>>())
+            .map(|l| {
+                l.split("seq=")
+                    .nth(1)
+                    .unwrap()
+                    .split('u')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(seqs, ["0", "1", "2", "3", "4", "5", "6"]);
+        assert!(received[2].at - received[1].at >= Duration::from_millis(250));
+    }
+    // The third write was refused (400): 1 point rejected and counted. Closing the channel
+    // flushes the last one.
+    tx.send(Output::Readings(vec![record(7)].into()))
+        .await
+        .unwrap();
+    drop(tx);
+    task.await.unwrap();
+    assert_eq!(stub.received().len(), 4);
+    let text = metrics.render();
+    for expected in [
+        "tianzhong_sink_points_total{sink=\"influxdb\",result=\"written\"} 7",
+        "tianzhong_sink_points_total{sink=\"influxdb\",result=\"rejected\"} 1",
+        "tianzhong_sink_errors_total{sink=\"influxdb\",kind=\"malformed\"} 1",
+    ] {
+        assert!(text.contains(expected), "{expected} not in\n{text}");
+    }
+}
