@@ -25,6 +25,7 @@
 //! | `tianzhong_modbus_bus_request_seconds` | `bus` | the same, per bus |
 //! | `tianzhong_modbus_device_last_seen_seconds` | `bus`, `device`, `unit` | Unix time of the last answer |
 //! | `tianzhong_modbus_device_quarantined` | `bus`, `device`, `unit` | 1 while quarantined |
+//! | `tianzhong_modbus_read_splits_total` | `bus`, `device`, `unit` | reads refused with "illegal data address" and split by the plan |
 //! | `tianzhong_modbus_device_alarm_level` | `bus`, `device`, `unit` | the node's own highest local alarm (0–4) |
 
 use std::fmt;
@@ -307,6 +308,9 @@ pub struct DeviceCounters {
     pub last_seen_ms: AtomicU64,
     /// 1 while quarantined.
     pub quarantined: AtomicU64,
+    /// Reads refused with "illegal data address" and split (or dropped as unreadable) by the
+    /// read plan.
+    pub splits: AtomicU64,
     /// The highest local alarm level a Tianzhong node reported in its status block (0
     /// normal … 4 red), as its own fail-safe alarm evaluates it.
     pub alarm_level: AtomicU64,
@@ -470,6 +474,23 @@ impl Collector for DeviceTable {
                 ];
                 let v = r.counters.alarm_level.load(Relaxed) as i64;
                 ConstGauge::new(v).encode(e.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut e = encoder.encode_descriptor(
+                "modbus_read_splits",
+                "Reads refused with illegal data address and split by the read plan",
+                None,
+                MetricType::Counter,
+            )?;
+            for r in &self.rows {
+                let labels = [
+                    ("bus", r.bus.as_str()),
+                    ("device", r.device.as_str()),
+                    ("unit", r.unit_label.as_str()),
+                ];
+                ConstCounter::new(r.counters.splits.load(Relaxed))
+                    .encode(e.encode_family(&labels)?)?;
             }
         }
         // Per bus: the devices' rows summed, in the order buses first appear.

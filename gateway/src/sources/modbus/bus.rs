@@ -158,6 +158,10 @@ impl BusTask {
                 // device does not have; the plan splits it and the device is alive.
                 ReadResult::Exception(0x02) if matches!(self.devices[i].reads, Reads::Plan(_)) => {
                     let d = &mut self.devices[i];
+                    self.metrics.devices.rows[d.index]
+                        .counters
+                        .splits
+                        .fetch_add(1, Relaxed);
                     if let Reads::Plan(plan) = &mut d.reads {
                         match plan.on_illegal_address(&request) {
                             SplitOutcome::Split(a, b) => info!(
