@@ -424,7 +424,17 @@ pub fn parse(
     file: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    let ctx = Context { text, file };
+    let newlines: Vec<usize> = text
+        .bytes()
+        .enumerate()
+        .filter(|(_, b)| *b == b'\n')
+        .map(|(i, _)| i)
+        .collect();
+    let ctx = Context {
+        text,
+        file,
+        newlines: &newlines,
+    };
     let doc = DeTable::parse(text).map_err(|e| ctx.syntax(&e))?;
     // The document is consumed rather than cloned: with 10 000 devices the parsed tree is
     // tens of megabytes. Only an error needs it again, to locate the key, and then it is
@@ -585,6 +595,9 @@ struct RawUpstreamMqtt {
 struct Context<'a> {
     text: &'a str,
     file: &'a Path,
+    /// Offsets of every `\n`, so that finding a line is a binary search: a file with 10 000
+    /// devices has tens of thousands of lines and a key looked up per device.
+    newlines: &'a [usize],
 }
 
 impl Context<'_> {
@@ -592,10 +605,8 @@ impl Context<'_> {
     /// construct) belongs to the last line, not to the empty one after the final newline.
     fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len().saturating_sub(1));
-        1 + self.text.as_bytes()[..end]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
+        // Newlines strictly before `end`.
+        1 + self.newlines.partition_point(|&n| n < end)
     }
 
     fn error(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
