@@ -9,6 +9,7 @@
 //! | [`pipeline`] | records, events and the ingestion stage that connects sources to sinks |
 //! | [`sources`] | southbound: Modbus buses (planning, scheduling, polling) and the MQTT source |
 //! | [`transforms`] | timestamps, calibration, range validation, de-duplication |
+//! | [`alarm`] | the alarm engine: rules, ISA-18.2 life cycle, shipped defaults |
 //! | [`sinks`] | northbound: InfluxDB, upstream MQTT, the local store |
 //! | [`metrics`] | Prometheus metrics |
 //! | [`http`] | `/metrics` and `/healthz` |
@@ -16,6 +17,7 @@
 //! | [`probe`] | reading one device from the command line |
 //! | [`demo`] | broker, simulated fleet and gateway in one process |
 
+pub mod alarm;
 pub mod config;
 pub mod demo;
 pub mod gateway;
