@@ -698,6 +698,24 @@ fn rule_replacement_keeps_alarm_state() {
             ],
         },
         Case {
+            name: "a channel no rule covered: the new rule starts from its latest reading",
+            rule: ThresholdRule::new("other", Selector::quantity(Quantity::Pm25)).high(L::Red, 1.0),
+            steps: vec![
+                (R(0, 30.0), vec![]),
+                (R(8_000, 30.0), vec![]),
+                (
+                    Replace(
+                        10_000,
+                        2,
+                        Box::new(gas_rule().stale(StaleAfter::Millis(5_000), L::Blue)),
+                    ),
+                    vec![(TH, N, AU, L::Yellow)],
+                ),
+                (Tick(12_999), vec![]),
+                (Tick(13_000), vec![(ST, N, AU, L::Blue)]),
+            ],
+        },
+        Case {
             name: "shelving survives a replacement",
             rule: gas_rule(),
             steps: with(

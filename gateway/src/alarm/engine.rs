@@ -304,13 +304,20 @@ impl AlarmEngine {
             ch.resync(rules, &ctx, &mut out);
         }
         ch.expire_shelving(&ctx, &mut out);
-        let Some(rule) = ch.rule.map(|i| &rules.rules[i]) else {
-            return out;
-        };
         if !communicates {
             return out;
         }
+        // Kept whether or not a rule applies, so a rule installed later starts from them.
         ch.last_seen_ms = now_ms;
+        let ts = r.timestamp.millis();
+        let prev_usable = ch.last_usable;
+        let usable = !matches!(r.quality, Quality::Bad(_));
+        if usable && prev_usable.is_none_or(|(_, prev_ts)| ts > prev_ts) {
+            ch.last_usable = Some((r.value, ts));
+        }
+        let Some(rule) = ch.rule.map(|i| &rules.rules[i]) else {
+            return out;
+        };
         ch.set(Condition::Stale, Cond::NORMAL, false, &ctx, &mut out);
         let fault = r.quality == Quality::Bad(BadReason::SensorFault);
         if let Some(level) = rule.bad_quality_level {
@@ -321,7 +328,7 @@ impl AlarmEngine {
             };
             ch.set(Condition::BadQuality, cond, false, &ctx, &mut out);
         }
-        if matches!(r.quality, Quality::Bad(_)) {
+        if !usable {
             return out;
         }
         if let Some(cur) = ch.slots[Condition::Threshold.index()]
@@ -337,9 +344,8 @@ impl AlarmEngine {
                 &mut out,
             );
         }
-        let ts = r.timestamp.millis();
         if let Some(roc) = &rule.rate_of_change
-            && let Some((prev, prev_ts)) = ch.last_usable
+            && let Some((prev, prev_ts)) = prev_usable
             && ts > prev_ts
         {
             let rate = (r.value - prev) / (ts - prev_ts) as f64 * 60_000.0;
@@ -349,9 +355,6 @@ impl AlarmEngine {
                 Cond::NORMAL
             };
             ch.debounce(Condition::RateOfChange, raw, rule, &ctx, &mut out);
-        }
-        if ch.last_usable.is_none_or(|(_, prev_ts)| ts > prev_ts) {
-            ch.last_usable = Some((r.value, ts));
         }
         out
     }
