@@ -84,7 +84,7 @@ enum Command {
         /// Nodes in the fleet.
         #[arg(long)]
         nodes: usize,
-        /// Channels per node, 1 to 16 (combustible gas, H2S, O2, CO, repeated).
+        /// Channels per node, 1 to 8 (combustible gas, H2S, O2, CO, repeated).
         #[arg(long, default_value_t = 3)]
         channels: usize,
         /// Simulated seconds per real second: nodes sample once a simulated second.
@@ -461,7 +461,7 @@ fn main() -> anyhow::Result<()> {
             channels,
             speed,
         } => {
-            anyhow::ensure!((1..=16).contains(&channels), "--channels must be 1 to 16");
+            anyhow::ensure!((1..=8).contains(&channels), "--channels must be 1 to 8");
             anyhow::ensure!(speed > 0.0, "--speed must be positive");
             let buses: Vec<BusSpec> = (0..nodes.div_ceil(247))
                 .map(|b| BusSpec {
