@@ -85,6 +85,9 @@
 //! topic_prefix = "city/sensing"
 //! qos = 1                          # 0..=2; default 1
 //!
+//! [alarms]                         # alarms evaluated at the edge; on by default, with the
+//! enabled = true                   #   shipped rules (GB/T 50493-2019, coal-mine rules, HJ 633)
+//!
 //! [sink.local_store]               # readings kept under data_dir (SQLite); on by default
 //! enabled = true
 //! retention_hours = 48             # older readings are deleted; default 48
@@ -195,6 +198,8 @@ pub struct Config {
     pub pipeline: PipelineSettings,
     /// The `[[calibration]]` entries.
     pub calibrations: Vec<Calibration>,
+    /// Whether the alarm engine runs (`[alarms] enabled`, default true).
+    pub alarms_enabled: bool,
 }
 
 /// How the ingestion stage behaves.
@@ -467,6 +472,13 @@ struct RawConfig {
     pipeline: Option<RawPipeline>,
     #[serde(default)]
     calibration: Vec<Spanned<RawCalibration>>,
+    alarms: Option<RawAlarms>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlarms {
+    enabled: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -769,6 +781,7 @@ impl Context<'_> {
             local_store,
             pipeline,
             calibrations,
+            alarms_enabled: raw.alarms.as_ref().and_then(|a| a.enabled).unwrap_or(true),
         })
     }
 

@@ -11,8 +11,8 @@
 //!    broker, the local store under the data directory and, when asked, InfluxDB. It is saved
 //!    as `gateway.toml` in the data directory and started through the same path as
 //!    `tianzhong run`.
-//! 4. A status line every few seconds says how many nodes answer, readings per second, and
-//!    the nodes' own alarm levels.
+//! 4. A status line every few seconds says how many nodes answer, readings per second, the
+//!    nodes' own (fail-safe) alarm levels and the alarms the gateway's engine has raised.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -22,6 +22,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use tianzhong_protocol::AlarmLevel;
 use tianzhong_simulator::clock::SimClock;
 use tianzhong_simulator::fleet::Fleet;
 use tianzhong_simulator::spec::{BusKind, FleetSpec};
@@ -288,6 +289,12 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             options.speed
         );
     }
+    eprintln!(
+        "  alarm audit     {}",
+        data_dir
+            .join(crate::sinks::alarm_audit::FILE_NAME)
+            .display()
+    );
     eprintln!("Ctrl-C stops.\n");
 
     let started_at = Instant::now();
@@ -315,7 +322,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         }
         let sim_s = fleet.stepped_to() / 1000;
         let line = format!(
-            "[sim {:02}:{:02}:{:02}] polled {answering}/{} answering | MQTT messages {} | readings {forwarded} ({rate:.0}/s) | malformed {} | node alarms: red {} orange {} yellow {} blue {}",
+            "[sim {:02}:{:02}:{:02}] polled {answering}/{} answering | MQTT messages {} | readings {forwarded} ({rate:.0}/s) | malformed {} | nodes' own alarms: red {} yellow {} | gateway alarms: red {} orange {} yellow {} blue {}",
             sim_s / 3600,
             sim_s / 60 % 60,
             sim_s % 60,
@@ -323,9 +330,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             metrics.mqtt_messages_sum.get(),
             metrics.malformed_sum.get(),
             levels[4],
-            levels[3],
             levels[2],
-            levels[1],
+            metrics.active_alarms(AlarmLevel::Red),
+            metrics.active_alarms(AlarmLevel::Orange),
+            metrics.active_alarms(AlarmLevel::Yellow),
+            metrics.active_alarms(AlarmLevel::Blue),
         );
         eprintln!("{line}");
         info!(target: "demo", "{line}");

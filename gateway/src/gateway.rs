@@ -13,11 +13,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::alarm::{AlarmEngine, AqiTable, default_rules};
 use crate::config::Config;
 use crate::metrics::{DeviceCounters, DeviceRow, DeviceTable, Metrics};
 use crate::pipeline::Ingest;
 use crate::sinks::influx::writer::{Writer, WriterConfig};
-use crate::sinks::{influx, local_store, upstream_mqtt};
+use crate::sinks::{alarm_audit, influx, local_store, upstream_mqtt};
 use crate::sources::modbus::bus::BusTask;
 use crate::sources::mqtt;
 use crate::transforms::Transforms;
@@ -51,13 +52,37 @@ impl Gateway {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let queue = config.pipeline.queue_batches;
         let (events, events_rx) = mpsc::channel(queue);
+        let mut sinks = Vec::new();
         let mut ingest = Ingest::new(
             events_rx,
             Transforms::new(&config.pipeline, &config.calibrations),
             Arc::clone(&metrics),
         );
+        std::fs::create_dir_all(&config.gateway.data_dir).with_context(|| {
+            format!(
+                "creating data directory {}",
+                config.gateway.data_dir.display()
+            )
+        })?;
+        if config.alarms_enabled {
+            // The shipped rules, told each polled node's interval so that stale data can be
+            // judged in polls.
+            let mut rules = default_rules(AqiTable::default());
+            for d in &config.devices {
+                rules =
+                    rules.with_node(d.id.clone(), None, Some(d.poll_interval.as_millis() as u64));
+            }
+            let engine = AlarmEngine::new(rules)
+                .map_err(|e| anyhow::anyhow!("the shipped alarm rules are invalid: {e}"))?;
+            ingest = ingest.with_alarms(engine);
+            let rx = ingest.add_sink(alarm_audit::SINK, queue);
+            sinks.push(tokio::spawn(alarm_audit::run(
+                config.gateway.data_dir.join(alarm_audit::FILE_NAME),
+                rx,
+                Arc::clone(&metrics),
+            )));
+        }
 
-        let mut sinks = Vec::new();
         if let Some(store) = &config.local_store {
             std::fs::create_dir_all(&config.gateway.data_dir).with_context(|| {
                 format!(

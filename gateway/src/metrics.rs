@@ -16,6 +16,8 @@
 //! | `tianzhong_mqtt_messages_total` | `kind` | messages the MQTT source took, by topic kind |
 //! | `tianzhong_mqtt_connected` | `client` | 1 while connected to the broker |
 //! | `tianzhong_mqtt_connects_total` | `client` | successful (re)connections |
+//! | `tianzhong_alarm_transitions_total` | `state`, `level` | alarm transitions, by the state and level entered |
+//! | `tianzhong_alarms_active` | `level` | alarms annunciated (active or latched), by level, refreshed each second |
 //! | `tianzhong_sink_points_total` | `sink`, `result` | `written`, `rejected` (refused by the sink, counted) |
 //! | `tianzhong_sink_errors_total` | `sink`, `kind` | failed attempts, by kind |
 //! | `tianzhong_sink_write_seconds` | `sink` | time per write, retries included |
@@ -94,6 +96,22 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+/// Labels of `tianzhong_alarm_transitions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    /// State entered.
+    pub state: String,
+    /// Level entered.
+    pub level: String,
+}
+
+/// Labels with a `level`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LevelLabels {
+    /// Alarm level.
+    pub level: String,
+}
+
 /// Labels with a `client`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientLabels {
@@ -120,6 +138,10 @@ pub struct Metrics {
     pub mqtt_connected: Family<ClientLabels, Gauge>,
     /// MQTT connections made per client.
     pub mqtt_connects: Family<ClientLabels, Counter>,
+    /// Alarm transitions by state and level entered.
+    pub alarm_transitions: Family<TransitionLabels, Counter>,
+    /// Annunciated alarms by level.
+    pub alarms_active: Family<LevelLabels, Gauge>,
     /// Points per sink and result.
     pub sink_points: Family<SinkResultLabels, Counter>,
     /// Failed sink attempts per sink and kind.
@@ -159,6 +181,8 @@ impl Metrics {
             mqtt_connects: Family::default(),
             sink_points: Family::default(),
             sink_errors: Family::default(),
+            alarm_transitions: Family::default(),
+            alarms_active: Family::default(),
             sink_write_seconds: Family::new_with_constructor(write_buckets),
             devices: std::sync::Arc::new(devices),
             malformed_sum: Counter::default(),
@@ -204,6 +228,16 @@ impl Metrics {
             "mqtt_connects",
             "MQTT connections made",
             m.mqtt_connects.clone(),
+        );
+        registry.register(
+            "alarm_transitions",
+            "Alarm transitions, by the state and level entered",
+            m.alarm_transitions.clone(),
+        );
+        registry.register(
+            "alarms_active",
+            "Alarms annunciated (active or latched), by level",
+            m.alarms_active.clone(),
         );
         registry.register(
             "sink_points",
@@ -253,6 +287,40 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts alarm transitions.
+    pub fn alarm_transitions(&self, events: &[crate::alarm::AlarmEvent]) {
+        for e in events {
+            self.alarm_transitions
+                .get_or_create(&TransitionLabels {
+                    state: e.transition.to.key().to_owned(),
+                    level: e.transition.level.key().to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// Sets the annunciated alarms per level (index = level code, 0 normal … 4 red).
+    pub fn alarms_active(&self, by_level: &[i64; 5]) {
+        for (code, n) in by_level.iter().enumerate().skip(1) {
+            let level = tianzhong_protocol::AlarmLevel::from_code(code as u16)
+                .map_or("unknown", |l| l.key());
+            self.alarms_active
+                .get_or_create(&LevelLabels {
+                    level: level.to_owned(),
+                })
+                .set(*n);
+        }
+    }
+
+    /// The annunciated alarms at `level`, as last refreshed.
+    pub fn active_alarms(&self, level: tianzhong_protocol::AlarmLevel) -> i64 {
+        self.alarms_active
+            .get_or_create(&LevelLabels {
+                level: level.key().to_owned(),
+            })
+            .get()
     }
 
     /// Notes that a sink stopped taking batches.

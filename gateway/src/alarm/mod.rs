@@ -11,6 +11,7 @@
 //! | [`lifecycle`] | one alarm's ISA-18.2 / IEC 62682 life cycle and its [`Transition`]s |
 //! | [`engine`] | [`AlarmEngine`]: per-channel state, readings, timers, operator actions |
 //! | [`defaults`] | shipped rules from GB/T 50493-2019, the coal-mine rules and HJ 633 |
+//! | [`event`] | a transition as published, stored and audited (JSON) |
 //!
 //! # Use
 //!
@@ -49,10 +50,12 @@
 
 pub mod defaults;
 pub mod engine;
+pub mod event;
 pub mod lifecycle;
 pub mod rule;
 
 pub use defaults::{AqiTable, GAS_DETECTOR_GROUP, default_rules};
+pub use event::{AlarmEvent, AlarmEvents};
 pub use engine::{AlarmEngine, MAX_TRANSITIONS_PER_READING, ReplaceError, Transitions};
 pub use lifecycle::{
     Action, ActionError, AlarmKey, AlarmState, AlarmStatus, Cause, Condition, Operator, Side,

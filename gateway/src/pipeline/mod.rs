@@ -1,11 +1,17 @@
 //! The pipeline's plumbing: what flows between stages and how stages are connected.
 //!
 //! ```text
-//!  sources ──Event──▶ ingest (transforms) ──Arc<[Record]>──▶ sinks
-//!  modbus bus tasks     calibrate, range,        ├─▶ local store
-//!  mqtt source          timestamps, dedup        ├─▶ influxdb
-//!                                                └─▶ upstream mqtt
+//!  sources ──Event──▶ ingest ─────────────Output──────────▶ sinks
+//!  modbus bus tasks     transforms (dedup,           ├─▶ local store (+ alarm history)
+//!  mqtt source          timestamps, calibration,     ├─▶ influxdb
+//!                       range), alarm engine         ├─▶ upstream mqtt (+ alarm state, events)
+//!                                                    └─▶ alarm audit log
 //! ```
+//!
+//! The alarm engine runs in the ingestion stage, on every reading that passed the
+//! transforms, and on a one-second tick for what time alone changes (delays, stale data,
+//! shelving). Its transitions go to every sink as [`Output::Alarms`], after the readings
+//! that caused them.
 //!
 //! Every connection is a bounded channel of *batches* (one Modbus poll, one MQTT message),
 //! never of single readings: at 200 000 readings/s a channel operation per reading would cost
@@ -21,7 +27,12 @@ use tianzhong_protocol::payload::NodeStatus;
 use tianzhong_protocol::{NodeId, Reading, SiteId};
 use tokio::sync::mpsc;
 
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::alarm::{AlarmEngine, AlarmEvent, AlarmEvents, AlarmState};
 use crate::metrics::Metrics;
+use crate::sources::modbus::bus::unix_ms;
 use crate::transforms::Transforms;
 
 /// A reading on its way through the gateway.
@@ -67,6 +78,8 @@ pub enum Output {
     Readings(Arc<[Record]>),
     /// A node's status.
     Status(Arc<StatusEvent>),
+    /// Alarm transitions.
+    Alarms(AlarmEvents),
 }
 
 /// The sending end sources get.
@@ -77,6 +90,8 @@ pub type EventSender = mpsc::Sender<Event>;
 pub struct Ingest {
     events: mpsc::Receiver<Event>,
     transforms: Transforms,
+    alarms: Option<AlarmEngine>,
+    sites: HashMap<tianzhong_protocol::NodeId, SiteId>,
     sinks: Vec<(String, mpsc::Sender<Output>)>,
     metrics: Arc<Metrics>,
 }
@@ -91,9 +106,17 @@ impl Ingest {
         Ingest {
             events,
             transforms,
+            alarms: None,
+            sites: HashMap::new(),
             sinks: Vec::new(),
             metrics,
         }
+    }
+
+    /// Evaluates alarms with `engine`.
+    pub fn with_alarms(mut self, engine: AlarmEngine) -> Ingest {
+        self.alarms = Some(engine);
+        self
     }
 
     /// Adds a sink, returning the receiving end it reads from.
@@ -106,8 +129,20 @@ impl Ingest {
     /// Runs until every source has hung up, then closes the sinks' channels so they flush and
     /// finish.
     pub async fn run(mut self) {
-        while let Some(event) = self.events.recv().await {
-            let output = match event {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let event = tokio::select! {
+                e = self.events.recv() => match e {
+                    Some(e) => e,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    self.tick().await;
+                    continue;
+                }
+            };
+            match event {
                 Event::Readings(mut batch) => {
                     self.metrics.readings_received.inc_by(batch.len() as u64);
                     self.transforms.apply(&mut batch, &self.metrics);
@@ -115,15 +150,74 @@ impl Ingest {
                         continue;
                     }
                     self.metrics.readings_forwarded.inc_by(batch.len() as u64);
-                    Output::Readings(batch.into())
+                    let alarms = self.evaluate(&batch);
+                    self.send(Output::Readings(batch.into())).await;
+                    if !alarms.is_empty() {
+                        self.send(Output::Alarms(alarms.into())).await;
+                    }
                 }
-                Event::Status(status) => Output::Status(Arc::new(status)),
-            };
-            for (name, sink) in &self.sinks {
-                // A sink that has stopped (it logged why) must not hold up the others.
-                if sink.send(output.clone()).await.is_err() {
-                    self.metrics.sink_gone(name);
-                }
+                Event::Status(status) => self.send(Output::Status(Arc::new(status))).await,
+            }
+        }
+    }
+
+    fn evaluate(&mut self, batch: &[Record]) -> Vec<AlarmEvent> {
+        let Some(engine) = &mut self.alarms else {
+            return Vec::new();
+        };
+        let now = unix_ms();
+        let mut out = Vec::new();
+        for r in batch {
+            if !self.sites.contains_key(&r.reading.node) {
+                self.sites.insert(r.reading.node.clone(), r.site.clone());
+            }
+            for transition in engine.on_reading(r, now) {
+                out.push(AlarmEvent {
+                    site: Some(r.site.clone()),
+                    transition,
+                });
+            }
+        }
+        self.metrics.alarm_transitions(&out);
+        out
+    }
+
+    async fn tick(&mut self) {
+        let Some(engine) = &mut self.alarms else {
+            return;
+        };
+        let events: Vec<AlarmEvent> = engine
+            .tick(unix_ms())
+            .into_iter()
+            .map(|transition| AlarmEvent {
+                site: self.sites.get(&transition.key.node).cloned(),
+                transition,
+            })
+            .collect();
+        let mut active = [0i64; 5];
+        for (_, status) in engine.alarms() {
+            if matches!(
+                status.state,
+                AlarmState::ActiveUnacked
+                    | AlarmState::ActiveAcked
+                    | AlarmState::LatchedUnacked
+                    | AlarmState::LatchedAcked
+            ) {
+                active[usize::from(status.level.code()).min(4)] += 1;
+            }
+        }
+        self.metrics.alarms_active(&active);
+        self.metrics.alarm_transitions(&events);
+        if !events.is_empty() {
+            self.send(Output::Alarms(events.into())).await;
+        }
+    }
+
+    async fn send(&self, output: Output) {
+        for (name, sink) in &self.sinks {
+            // A sink that has stopped (it logged why) must not hold up the others.
+            if sink.send(output.clone()).await.is_err() {
+                self.metrics.sink_gone(name);
             }
         }
     }

@@ -2,8 +2,9 @@
 //! gateway with no network still has its recent history (for the console's trends and for
 //! an engineer on site), and the demo needs no database.
 //!
-//! One table, `reading(site, node, channel, quantity, unit, ts_ms, value, quality, seq)`,
-//! indexed by `(node, channel, ts_ms)`. Each batch is one transaction; WAL mode with
+//! Two tables: `reading(site, node, channel, quantity, unit, ts_ms, value, quality, seq)`,
+//! indexed by `(node, channel, ts_ms)`, and `alarm_transition(at_ms, site, node, channel,
+//! condition, state, level, cause, value, json)`, the alarm history. Each batch is one transaction; WAL mode with
 //! `synchronous=NORMAL` lets readers (the console, `sqlite3` on site) look while it writes,
 //! and costs one fsync per checkpoint rather than per batch. Readings older than the
 //! retention are deleted once a minute.
@@ -19,6 +20,7 @@ use rusqlite::{Connection, params};
 use tokio::sync::mpsc;
 use tracing::{error, info};
 
+use crate::alarm::AlarmEvent;
 use crate::metrics::Metrics;
 use crate::pipeline::{Output, Record};
 
@@ -46,9 +48,49 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
              quality  TEXT    NOT NULL,
              seq      INTEGER NOT NULL
          );
-         CREATE INDEX IF NOT EXISTS reading_by_channel ON reading (node, channel, ts_ms);",
+         CREATE INDEX IF NOT EXISTS reading_by_channel ON reading (node, channel, ts_ms);
+         CREATE TABLE IF NOT EXISTS alarm_transition (
+             at_ms     INTEGER NOT NULL,
+             site      TEXT,
+             node      TEXT    NOT NULL,
+             channel   INTEGER NOT NULL,
+             condition TEXT    NOT NULL,
+             state     TEXT    NOT NULL,
+             level     TEXT    NOT NULL,
+             cause     TEXT    NOT NULL,
+             value     REAL,
+             json      TEXT    NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS alarm_by_time ON alarm_transition (at_ms);",
     )?;
     Ok(conn)
+}
+
+fn insert_alarms(conn: &mut Connection, events: &[AlarmEvent]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO alarm_transition
+                 (at_ms, site, node, channel, condition, state, level, cause, value, json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for e in events {
+            let t = &e.transition;
+            stmt.execute(params![
+                t.at_ms as i64,
+                e.site.as_ref().map(|s| s.as_str()),
+                t.key.node.as_str(),
+                t.key.channel.0,
+                t.key.condition.key(),
+                t.to.key(),
+                t.level.key(),
+                crate::alarm::event::cause_parts(&t.cause).0,
+                t.value.is_finite().then_some(t.value),
+                e.to_json().to_string(),
+            ])?;
+        }
+    }
+    tx.commit()
 }
 
 fn insert(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<()> {
@@ -104,22 +146,24 @@ pub async fn run(
     // Gathers what arrived while the last transaction ran, so a busy pipeline commits in
     // large transactions.
     let mut pending: Vec<Arc<[Record]>> = Vec::new();
+    let mut alarms: Vec<Arc<[AlarmEvent]>> = Vec::new();
     while let Some(first) = input.recv().await {
-        if let Output::Readings(r) = first {
-            pending.push(r);
-        }
-        while let Ok(more) = input.try_recv() {
-            if let Output::Readings(r) = more {
-                pending.push(r);
+        let mut next = Some(first);
+        while let Some(o) = next.take() {
+            match o {
+                Output::Readings(r) => pending.push(r),
+                Output::Alarms(a) => alarms.push(a),
+                Output::Status(_) => {}
             }
-            if pending.len() >= 256 {
-                break;
+            if pending.len() < 256 {
+                next = input.try_recv().ok();
             }
         }
-        if pending.is_empty() {
+        if pending.is_empty() && alarms.is_empty() {
             continue;
         }
         let batches = std::mem::take(&mut pending);
+        let alarm_batches = std::mem::take(&mut alarms);
         let prune = last_prune.elapsed() >= Duration::from_secs(60);
         if prune {
             last_prune = std::time::Instant::now();
@@ -129,6 +173,9 @@ pub async fn run(
             for b in &batches {
                 insert(&mut conn, b)?;
                 n += b.len() as u64;
+            }
+            for a in &alarm_batches {
+                insert_alarms(&mut conn, a)?;
             }
             if prune {
                 let cutoff = super::super::sources::modbus::bus::unix_ms()

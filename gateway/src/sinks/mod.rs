@@ -6,8 +6,10 @@
 //! |---|---|
 //! | [`influx`] | InfluxDB v2: line protocol, batching by size and time, retries |
 //! | [`upstream_mqtt`] | normalised readings and node status to the sensing network's broker |
-//! | [`local_store`] | readings kept under the data directory (SQLite) |
+//! | [`local_store`] | readings and the alarm history kept under the data directory (SQLite) |
+//! | [`alarm_audit`] | every alarm transition appended to a JSON-lines log, synced |
 
+pub mod alarm_audit;
 pub mod influx;
 pub mod local_store;
 pub mod upstream_mqtt;

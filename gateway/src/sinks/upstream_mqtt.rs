@@ -4,6 +4,8 @@
 //! | topic | payload | QoS, retained |
 //! |---|---|---|
 //! | `{prefix}/tianzhong/v1/{site}/{node}/telemetry` | [`Telemetry`]: one sample (one `seq`) of a node, every value in its canonical unit with `unit`, `quality` and `ts` written out | configured (default 1), no |
+//! | `{prefix}/tianzhong/v1/{site}/{node}/alarm` | an alarm transition ([`AlarmEvent`](crate::alarm::AlarmEvent) JSON): the event stream | configured, no |
+//! | `{prefix}/tianzhong/v1/{site}/{node}/alarm/ch{n}/{condition}` | the same JSON: the alarm's current state | configured, retained |
 //! | `{prefix}/tianzhong/v1/{site}/{node}/status` | [`NodeStatus`](tianzhong_protocol::payload::NodeStatus) | configured, retained |
 //!
 //! The payloads are the protocol crate's, so the platform parses them with the same code as
@@ -168,6 +170,26 @@ pub async fn run(
                         break 'outer;
                     }
                     metrics.sink_points(SINK, "published", 1);
+                }
+            }
+            Output::Alarms(events) => {
+                for e in events.iter() {
+                    let site = e.site.clone().unwrap_or_else(|| {
+                        tianzhong_protocol::SiteId::new("unknown").expect("valid id")
+                    });
+                    let t = &e.transition;
+                    let payload = e.to_json().to_string().into_bytes();
+                    let stream = topic(&config.topic_prefix, &site, &t.key.node, TopicKind::Alarm);
+                    let state = format!("{stream}/{}/{}", t.key.channel, t.key.condition.key());
+                    if client
+                        .publish(stream, level, false, payload.clone())
+                        .await
+                        .is_err()
+                        || client.publish(state, level, true, payload).await.is_err()
+                    {
+                        break 'outer;
+                    }
+                    metrics.sink_points(SINK, "alarm_published", 1);
                 }
             }
             Output::Status(s) => {

@@ -30,6 +30,23 @@
 //! on it then states what it expects, and a change of canonical unit would start a new series
 //! instead of silently mixing scales in one.
 //!
+//! # Alarm transitions
+//!
+//! Each transition is a point of measurement `alarm`:
+//!
+//! | part | name | content |
+//! |---|---|---|
+//! | tag | `channel`, `node`, `site` | as for readings (`site` is `unknown` for a node not yet seen) |
+//! | tag | `condition` | `threshold`, `rate_of_change`, `stale`, `bad_quality` |
+//! | field | `level_code` | 0 normal … 4 red, unsigned |
+//! | field | `level`, `state`, `cause` | strings: `red`, `active_unacked`, `escalated` … |
+//! | field | `value` | the channel's latest value, when it has one |
+//! | timestamp | — | the transition's time, ms |
+//!
+//! ```text
+//! alarm,channel=ch0,condition=threshold,node=cp-lel-05,site=plant-b level_code=4u,level="red",state="active_unacked",cause="escalated",value=51.2 1764316800000
+//! ```
+//!
 //! # Point identity and replays
 //!
 //! InfluxDB identifies a point by its measurement, tag set and timestamp ([`PointId`]); a
@@ -489,4 +506,28 @@ where
         }
     }
     outcome
+}
+
+/// Appends the line of one alarm transition (see the [module documentation](self)).
+pub fn encode_alarm(buf: &mut String, event: &crate::alarm::AlarmEvent) -> fmt::Result {
+    use fmt::Write as _;
+    let t = &event.transition;
+    let site = event.site.as_ref().map_or("unknown", |s| s.as_str());
+    let (cause, ..) = crate::alarm::event::cause_parts(&t.cause);
+    write!(
+        buf,
+        "alarm,channel={},condition={},node={},site={} level_code={}u,level=\"{}\",state=\"{}\",cause=\"{}\"",
+        escape_key(&t.key.channel.to_string()),
+        escape_key(t.key.condition.key()),
+        escape_key(t.key.node.as_str()),
+        escape_key(site),
+        t.level.code(),
+        t.level.key(),
+        t.to.key(),
+        cause
+    )?;
+    if t.value.is_finite() {
+        write!(buf, ",value={}", t.value)?;
+    }
+    writeln!(buf, " {}", t.at_ms)
 }

@@ -48,8 +48,20 @@ pub async fn run(
             None => input.recv().await,
         };
         let Some(output) = next else { break };
-        let Output::Readings(records) = output else {
-            continue;
+        let records = match output {
+            Output::Readings(records) => records,
+            Output::Alarms(events) => {
+                for e in events.iter() {
+                    if super::line_protocol::encode_alarm(&mut body, e).is_ok() {
+                        points += 1;
+                    }
+                }
+                if points > 0 && deadline.is_none() {
+                    deadline = Some(Instant::now() + flush_interval);
+                }
+                continue;
+            }
+            Output::Status(_) => continue,
         };
         for r in records.iter() {
             match encode_reading(&mut body, &r.site, &r.reading) {
