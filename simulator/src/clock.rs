@@ -31,7 +31,16 @@ impl SimClock {
         }
     }
 
-    /// The simulated time now.
+    /// A clock whose simulated time starts at `offset_ms` now: a scenario can be entered
+    /// just before its interesting part (the fleet steps from 0 to there at once).
+    pub fn starting_at(epoch_unix_ms: u64, speed: f64, offset_ms: SimMs) -> SimClock {
+        SimClock {
+            offset_ms,
+            ..SimClock::new(epoch_unix_ms, speed)
+        }
+    }
+
+    /// Current simulated time.
     pub fn now(&self) -> SimMs {
         self.offset_ms + (self.started.elapsed().as_secs_f64() * 1000.0 * self.speed) as u64
     }

@@ -5,6 +5,7 @@
 //! | test | what it runs |
 //! |---|---|
 //! | `tests/qemu_node.rs` | the STM32F405 firmware under `qemu-system-arm -M netduinoplus2`, polled over Modbus RTU from the host with tokio-modbus |
+//! | `tests/gateway_alarms.rs` | the chemical-plant scenario (entered at 11:00 simulated, 5x) → the gateway's alarm engine: yellow, then red, at the detectors whose gas crossed the set points, within a poll interval plus 1 s of simulated time, and nowhere else |
 //! | `tests/gateway_e2e.rs` | simulated fleets (Modbus TCP, Modbus RTU on pseudo-terminals, MQTT via mosquitto) → the gateway → VictoriaMetrics and an upstream mosquitto, checked against the simulator's ground truth; a dead RTU node, a broker restart, malformed input |
 //!
 //! Shared harness code:

@@ -1,0 +1,146 @@
+//! Alarms at the edge on the chemical-plant scenario: the flange leak raises yellow, then
+//! red, at the detectors whose gas actually crossed the set points, within one poll interval
+//! plus 1 s (simulated time) of the simulator crossing them — and nowhere else.
+//!
+//! The reference is the simulator's ground truth (every sample each node took); the
+//! gateway's side is its synced alarm audit log. The scenario is entered at 11:00 simulated,
+//! just before the leak reaches 25 %LEL at cp-lel-05 (about 11:48), and runs at 5x until
+//! 14:10, past red there (about 13:36).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tianzhong_gateway::demo::{DEFAULT_SCENARIO, gateway_toml, start_broker};
+use tianzhong_gateway::gateway::Gateway;
+use tianzhong_simulator::clock::SimClock;
+use tianzhong_simulator::fleet::Fleet;
+use tianzhong_simulator::scenario;
+use tianzhong_simulator::spec::BusKind;
+use tianzhong_simulator::transport;
+use tianzhong_tests::fleet::unix_ms;
+use tianzhong_tests::services::TempDir;
+
+const SPEED: f64 = 5.0;
+const START_MS: u64 = 11 * 60_000;
+const END_MS: u64 = 14 * 60_000 + 10_000;
+/// Polled every simulated second.
+const POLL_SIM_MS: u64 = 1_000;
+/// Set points of combustible gas, %LEL (GB/T 50493-2019 5.5.2, the shipped defaults).
+const YELLOW: u32 = 25;
+const RED: u32 = 50;
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leak_raises_yellow_then_red_at_the_right_detectors_in_time() {
+    let dir = TempDir::new("tz-alarms").unwrap();
+    let mut spec = scenario::parse(DEFAULT_SCENARIO, Path::new("chemical-plant.toml")).unwrap();
+    for bus in &mut spec.buses {
+        match &mut bus.kind {
+            BusKind::ModbusTcp { listen, .. } => *listen = "127.0.0.1:0".parse().unwrap(),
+            BusKind::ModbusRtu { link, .. } => *link = dir.path().join("tankfarm.tty"),
+            BusKind::Mqtt { broker, .. } => {
+                *broker = free_addr();
+                start_broker(*broker).unwrap();
+            }
+        }
+    }
+    let t0 = unix_ms();
+    let fleet =
+        Arc::new(Fleet::build(&spec, SimClock::starting_at(t0, SPEED, START_MS), true).unwrap());
+    let started = transport::start_all(&fleet, spec.seed).await.unwrap();
+    let stepper = tokio::spawn(Arc::clone(&fleet).run(Duration::from_millis(10)));
+    let poll = Duration::from_secs_f64(POLL_SIM_MS as f64 / 1000.0 / SPEED);
+    let toml = gateway_toml(&spec, &started, dir.path(), poll, None);
+    let config = tianzhong_gateway::config::parse(&toml, &dir.path().join("gw.toml"), &|_| None)
+        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    let gateway = Gateway::start(config).await.unwrap();
+
+    while fleet.stepped_to() < END_MS {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stepper.abort();
+    for t in started {
+        t.shutdown().await;
+    }
+    gateway.shutdown(Duration::from_secs(10)).await;
+
+    // When each detector's gas first reached each set point, in simulated ms.
+    let mut crossed: HashMap<(String, u32), u64> = HashMap::new();
+    for s in fleet.truth.samples() {
+        if s.channel != 0 || !s.node.starts_with("cp-lel-") || s.time_ms < START_MS {
+            continue;
+        }
+        for sp in [YELLOW, RED] {
+            if s.value >= sp as f32 {
+                let e = crossed.entry((s.node.to_string(), sp)).or_insert(s.time_ms);
+                *e = (*e).min(s.time_ms);
+            }
+        }
+    }
+    // When the gateway first annunciated each level, in simulated ms.
+    let audit = std::fs::read_to_string(dir.path().join("alarm-audit.jsonl")).unwrap();
+    let mut raised: HashMap<(String, u32), u64> = HashMap::new();
+    for line in audit.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let node = v["node"].as_str().unwrap();
+        if v["condition"] != "threshold" || !node.starts_with("cp-lel-") {
+            continue;
+        }
+        let sp = match v["level"].as_str().unwrap() {
+            "yellow" => YELLOW,
+            "red" => RED,
+            _ => continue,
+        };
+        let at_sim = START_MS + ((v["at"].as_u64().unwrap() - t0) as f64 * SPEED) as u64;
+        raised.entry((node.to_owned(), sp)).or_insert(at_sim);
+        if sp == RED {
+            // Red implies yellow was passed.
+            raised.entry((node.to_owned(), YELLOW)).or_insert(at_sim);
+        }
+    }
+    let mut report: Vec<String> = Vec::new();
+    for ((node, sp), crossed_at) in &crossed {
+        let at = raised.get(&(node.clone(), *sp)).unwrap_or_else(|| {
+            panic!("{node} crossed {sp} at {crossed_at} ms but no alarm:\n{audit}")
+        });
+        let delay = *at as i64 - *crossed_at as i64;
+        report.push(format!(
+            "{node} {sp} %LEL: crossed at {crossed_at} ms, alarm {delay:+} ms"
+        ));
+        // Not before the gas got there (one simulated tick of slack for the clock conversion),
+        // and within a poll interval plus a second.
+        assert!(
+            delay >= -100,
+            "{node} {sp}: alarm {delay} ms before the crossing"
+        );
+        assert!(
+            delay <= (POLL_SIM_MS + 1_000) as i64,
+            "{node} {sp}: alarm {delay} ms after the crossing"
+        );
+    }
+    report.sort();
+    eprintln!("{}", report.join("\n"));
+    // The leak's detector went yellow, then red.
+    assert!(
+        crossed.contains_key(&("cp-lel-05".into(), RED)),
+        "{report:?}"
+    );
+    let yellow = raised[&("cp-lel-05".to_owned(), YELLOW)];
+    let red = raised[&("cp-lel-05".to_owned(), RED)];
+    assert!(yellow < red);
+    // No detector alarmed whose gas did not cross.
+    for key in raised.keys() {
+        assert!(
+            crossed.contains_key(key),
+            "{key:?} alarmed without crossing"
+        );
+    }
+}
