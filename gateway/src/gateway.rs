@@ -64,6 +64,7 @@ impl Gateway {
                 config.gateway.data_dir.display()
             )
         })?;
+        let mut shared_engine = None;
         if config.alarms_enabled {
             // The shipped rules, told each polled node's interval so that stale data can be
             // judged in polls.
@@ -74,7 +75,9 @@ impl Gateway {
             }
             let engine = AlarmEngine::new(rules)
                 .map_err(|e| anyhow::anyhow!("the shipped alarm rules are invalid: {e}"))?;
-            ingest = ingest.with_alarms(engine);
+            let engine = Arc::new(std::sync::Mutex::new(engine));
+            shared_engine = Some(Arc::clone(&engine));
+            ingest = ingest.with_shared_alarms(engine);
             let rx = ingest.add_sink(alarm_audit::SINK, queue);
             sinks.push(tokio::spawn(alarm_audit::run(
                 config.gateway.data_dir.join(alarm_audit::FILE_NAME),
@@ -119,6 +122,11 @@ impl Gateway {
                 Arc::clone(&metrics),
             )));
         }
+        let api = crate::http::ApiState {
+            metrics: Arc::clone(&metrics),
+            engine: shared_engine,
+            live: ingest.live_alarms(),
+        };
         let ingest = tokio::spawn(ingest.run());
 
         let mut sources = Vec::new();
@@ -138,10 +146,9 @@ impl Gateway {
 
         let (http_addr, http) = match config.gateway.http_listen {
             Some(addr) => {
-                let (bound, task) =
-                    crate::http::serve(addr, Arc::clone(&metrics), shutdown_rx.clone())
-                        .await
-                        .with_context(|| format!("serving /metrics on {addr}"))?;
+                let (bound, task) = crate::http::serve(addr, api, shutdown_rx.clone())
+                    .await
+                    .with_context(|| format!("serving /metrics on {addr}"))?;
                 info!("metrics at http://{bound}/metrics");
                 (Some(bound), Some(task))
             }

@@ -58,14 +58,65 @@ async fn the_leak_raises_yellow_then_red_at_the_right_detectors_in_time() {
     let started = transport::start_all(&fleet, spec.seed).await.unwrap();
     let stepper = tokio::spawn(Arc::clone(&fleet).run(Duration::from_millis(10)));
     let poll = Duration::from_secs_f64(POLL_SIM_MS as f64 / 1000.0 / SPEED);
-    let toml = gateway_toml(&spec, &started, dir.path(), poll, None);
+    let http = free_addr();
+    let toml = gateway_toml(&spec, &started, dir.path(), poll, Some(http));
     let config = tianzhong_gateway::config::parse(&toml, &dir.path().join("gw.toml"), &|_| None)
         .unwrap_or_else(|e| panic!("{e}\n{toml}"));
     let gateway = Gateway::start(config).await.unwrap();
 
+    // An SSE client, connected before the leak: it must see the red alarm arrive live.
+    let sse = tokio::spawn(async move {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
+        s.write_all(
+            format!("GET /api/alarms/stream HTTP/1.1\r\nHost: {http}\r\nAccept: text/event-stream\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut lines = BufReader::new(s).lines();
+        let mut events = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(data) = line.strip_prefix("data: ") {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(data) {
+                    let red = v["node"] == "cp-lel-05" && v["level"] == "red";
+                    events.push(v);
+                    if red {
+                        break;
+                    }
+                }
+            }
+        }
+        events
+    });
+
     while fleet.stepped_to() < END_MS {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The alarm list, as an operator's console would fetch it.
+    let client = reqwest::Client::new();
+    let list: serde_json::Value = serde_json::from_str(
+        &client
+            .get(format!("http://{http}/api/alarms?level=red"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let bad = client
+        .get(format!("http://{http}/api/alarms?level=purple"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    assert!(bad.text().await.unwrap().contains("level `purple`"));
+    let sse_events = tokio::time::timeout(Duration::from_secs(10), sse)
+        .await
+        .expect("the SSE client saw the red alarm")
+        .unwrap();
     stepper.abort();
     for t in started {
         t.shutdown().await;
@@ -136,6 +187,37 @@ async fn the_leak_raises_yellow_then_red_at_the_right_detectors_in_time() {
     let yellow = raised[&("cp-lel-05".to_owned(), YELLOW)];
     let red = raised[&("cp-lel-05".to_owned(), RED)];
     assert!(yellow < red);
+    // The SSE client saw the leak's detector go yellow and then red, as transitions.
+    let seen: Vec<(&str, &str, &str)> = sse_events
+        .iter()
+        .filter(|v| v["node"] == "cp-lel-05" && v["condition"] == "threshold")
+        .map(|v| {
+            (
+                v["level"].as_str().unwrap(),
+                v["state"].as_str().unwrap(),
+                v["cause"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("yellow", "active_unacked", "raised"),
+            ("red", "active_unacked", "escalated")
+        ],
+        "{sse_events:?}"
+    );
+    // The API lists it as a red, unacknowledged threshold alarm.
+    let listed = list["alarms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["node"] == "cp-lel-05" && a["condition"] == "threshold")
+        .unwrap_or_else(|| panic!("cp-lel-05 not listed: {list}"));
+    assert_eq!(
+        (listed["level"].as_str(), listed["state"].as_str()),
+        (Some("red"), Some("active_unacked"))
+    );
     // No detector alarmed whose gas did not cross.
     for key in raised.keys() {
         assert!(

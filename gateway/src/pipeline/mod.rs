@@ -82,6 +82,14 @@ pub enum Output {
     Alarms(AlarmEvents),
 }
 
+/// The alarm engine, shared between the ingestion stage (which feeds it) and the API (which
+/// reads it). A plain mutex: the stage holds it for one batch, the API for one snapshot.
+pub type SharedEngine = Arc<std::sync::Mutex<AlarmEngine>>;
+
+/// Every alarm transition as it happens, for live subscribers (the API's server-sent events).
+/// A subscriber that falls more than this many behind misses the oldest and is told so.
+pub const LIVE_CAPACITY: usize = 4096;
+
 /// The sending end sources get.
 pub type EventSender = mpsc::Sender<Event>;
 
@@ -90,7 +98,8 @@ pub type EventSender = mpsc::Sender<Event>;
 pub struct Ingest {
     events: mpsc::Receiver<Event>,
     transforms: Transforms,
-    alarms: Option<AlarmEngine>,
+    alarms: Option<SharedEngine>,
+    live: tokio::sync::broadcast::Sender<Arc<AlarmEvent>>,
     sites: HashMap<tianzhong_protocol::NodeId, SiteId>,
     sinks: Vec<(String, mpsc::Sender<Output>)>,
     metrics: Arc<Metrics>,
@@ -107,6 +116,7 @@ impl Ingest {
             events,
             transforms,
             alarms: None,
+            live: tokio::sync::broadcast::channel(LIVE_CAPACITY).0,
             sites: HashMap::new(),
             sinks: Vec::new(),
             metrics,
@@ -114,9 +124,19 @@ impl Ingest {
     }
 
     /// Evaluates alarms with `engine`.
-    pub fn with_alarms(mut self, engine: AlarmEngine) -> Ingest {
+    pub fn with_alarms(self, engine: AlarmEngine) -> Ingest {
+        self.with_shared_alarms(Arc::new(std::sync::Mutex::new(engine)))
+    }
+
+    /// Evaluates alarms with an engine shared with others (the API).
+    pub fn with_shared_alarms(mut self, engine: SharedEngine) -> Ingest {
         self.alarms = Some(engine);
         self
+    }
+
+    /// Live alarm transitions, for subscribers that come and go.
+    pub fn live_alarms(&self) -> tokio::sync::broadcast::Sender<Arc<AlarmEvent>> {
+        self.live.clone()
     }
 
     /// Adds a sink, returning the receiving end it reads from.
@@ -162,9 +182,10 @@ impl Ingest {
     }
 
     fn evaluate(&mut self, batch: &[Record]) -> Vec<AlarmEvent> {
-        let Some(engine) = &mut self.alarms else {
+        let Some(engine) = &self.alarms else {
             return Vec::new();
         };
+        let mut engine = engine.lock().unwrap_or_else(|e| e.into_inner());
         let now = unix_ms();
         let mut out = Vec::new();
         for r in batch {
@@ -178,14 +199,36 @@ impl Ingest {
                 });
             }
         }
+        drop(engine);
         self.metrics.alarm_transitions(&out);
+        for e in &out {
+            let _ = self.live.send(Arc::new(e.clone()));
+        }
         out
     }
 
     async fn tick(&mut self) {
-        let Some(engine) = &mut self.alarms else {
+        let Some((events, active)) = self.tick_engine() else {
             return;
         };
+        self.metrics.alarms_active(&active);
+        self.metrics.alarm_transitions(&events);
+        for e in &events {
+            let _ = self.live.send(Arc::new(e.clone()));
+        }
+        if !events.is_empty() {
+            self.send(Output::Alarms(events.into())).await;
+        }
+    }
+
+    /// The engine's time-driven transitions, and the annunciated alarms per level. Not async:
+    /// the engine's lock is never held across an await.
+    fn tick_engine(&mut self) -> Option<(Vec<AlarmEvent>, [i64; 5])> {
+        let mut engine = self
+            .alarms
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let events: Vec<AlarmEvent> = engine
             .tick(unix_ms())
             .into_iter()
@@ -206,11 +249,7 @@ impl Ingest {
                 active[usize::from(status.level.code()).min(4)] += 1;
             }
         }
-        self.metrics.alarms_active(&active);
-        self.metrics.alarm_transitions(&events);
-        if !events.is_empty() {
-            self.send(Output::Alarms(events.into())).await;
-        }
+        Some((events, active))
     }
 
     async fn send(&self, output: Output) {
