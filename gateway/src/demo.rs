@@ -281,6 +281,14 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     );
     if let Some(addr) = gateway.http_addr() {
         eprintln!("  metrics         http://{addr}/metrics");
+        eprintln!(
+            "  alarms API      http://{addr}/api/alarms (POST /api/login for a token), live: /api/alarms/stream"
+        );
+    }
+    if let Some(secret) = gateway.first_run_secret() {
+        eprintln!(
+            "  first run       user `admin`, one-time password {secret} (kept in users.sqlite; not shown again)"
+        );
     }
     if options.speed != 1.0 {
         eprintln!(

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::alarm::{AlarmEngine, AqiTable, default_rules};
+use crate::auth::Users;
 use crate::config::Config;
 use crate::metrics::{DeviceCounters, DeviceRow, DeviceTable, Metrics};
 use crate::pipeline::Ingest;
@@ -26,6 +27,7 @@ use crate::transforms::Transforms;
 /// A running gateway.
 pub struct Gateway {
     metrics: Arc<Metrics>,
+    first_run_secret: Option<String>,
     http_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     sources: Vec<JoinHandle<()>>,
@@ -122,10 +124,21 @@ impl Gateway {
                 Arc::clone(&metrics),
             )));
         }
+        let (users, first_run_secret) =
+            Users::open(&config.gateway.data_dir.join("users.sqlite")).context("user store")?;
+        if let Some(secret) = &first_run_secret {
+            tracing::warn!(
+                "first run: created user `admin` with one-time password {secret} — log in \
+                 (POST /api/login) and replace it; it is not shown again"
+            );
+        }
         let api = crate::http::ApiState {
             metrics: Arc::clone(&metrics),
             engine: shared_engine,
             live: ingest.live_alarms(),
+            users: Arc::new(std::sync::Mutex::new(users)),
+            events: events.clone(),
+            shutdown: shutdown_rx.clone(),
         };
         let ingest = tokio::spawn(ingest.run());
 
@@ -163,6 +176,7 @@ impl Gateway {
         );
         Ok(Gateway {
             metrics,
+            first_run_secret,
             http_addr,
             shutdown,
             sources,
@@ -175,6 +189,12 @@ impl Gateway {
     /// The gateway's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The one-time password of user `admin`, when this start created it (the first run with
+    /// this data directory).
+    pub fn first_run_secret(&self) -> Option<&str> {
+        self.first_run_secret.as_deref()
     }
 
     /// Where `/metrics` is served, if anywhere.

@@ -6,10 +6,17 @@
 //! | `GET /healthz` | `ok` while the process serves |
 //! | `GET /api/alarms` | annunciated alarms (every state but normal), JSON; filters `node`, `state`, `level` (at least) |
 //! | `GET /api/alarms/stream` | every alarm transition as it happens, server-sent events (`event: alarm`, the [`AlarmEvent`] JSON; `event: lagged` when a slow client missed some) |
+//! | `POST /api/login` | `{"user","password"}` → `{"token","role"}` |
+//! | `POST /api/alarms/ack` | `{"node","ch","condition","comment"}`; operator |
+//! | `POST /api/alarms/shelve` | `{"node","ch","condition","minutes","comment"}`; operator |
+//! | `POST /api/users` | `{"name","role","password"}`; admin |
+//! | `GET /api/audit` | the audit trail, newest first; admin |
 //!
-//! Read-only so far: acknowledging, shelving and editing thresholds come with users, roles
-//! and tokens, since an unauthenticated write to a life-safety alarm list is not acceptable.
-//! Bad query parameters get a 400 with a message naming the parameter.
+//! Everything under `/api` but login needs `Authorization: Bearer TOKEN` (401 without or
+//! with a wrong one, 403 for a role that may not). Bad input gets a 4xx with
+//! `{"error": "..."}` and changes nothing: a body that is not the JSON asked for (400),
+//! unknown alarms (404), an action the alarm's state does not allow (409), bodies over
+//! 16 KiB (413), bad query parameters (400, naming the parameter). Every write is audited.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -17,20 +24,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use futures_util::Stream;
+use axum::routing::{get, post};
 use serde_json::json;
 use tianzhong_protocol::AlarmLevel;
 use tokio::sync::{broadcast, watch};
 
-use crate::alarm::{AlarmEvent, AlarmState};
+use crate::alarm::{ActionError, AlarmEvent, AlarmKey, AlarmState, Condition};
+use crate::auth::{Principal, Role, Users};
 use crate::metrics::Metrics;
-use crate::pipeline::SharedEngine;
+use crate::pipeline::{Event, SharedEngine};
+
+/// Largest request body the API reads.
+pub const MAX_BODY: usize = 16 * 1024;
 
 /// What the endpoint serves from.
 #[derive(Clone)]
@@ -41,6 +54,291 @@ pub struct ApiState {
     pub engine: Option<SharedEngine>,
     /// Live alarm transitions.
     pub live: broadcast::Sender<Arc<AlarmEvent>>,
+    /// Users and tokens.
+    pub users: Arc<std::sync::Mutex<Users>>,
+    /// Into the pipeline, for transitions made by operators.
+    pub events: tokio::sync::mpsc::Sender<Event>,
+    /// Turns true when the gateway stops: live streams end, so that a connected client does
+    /// not hold the shutdown up.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// The caller, if their token is valid and their role at least `need`.
+fn authorise(s: &ApiState, headers: &HeaderMap, need: Role) -> Result<Principal, Response> {
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            error(
+                StatusCode::UNAUTHORIZED,
+                "missing `Authorization: Bearer TOKEN`; get a token from POST /api/login",
+            )
+        })?;
+    let users = s.users.lock().unwrap_or_else(|e| e.into_inner());
+    let who = users
+        .authenticate(token.trim())
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "unknown or revoked token"))?;
+    if who.role < need {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} is {}; this needs {} or above",
+                who.user,
+                who.role.key(),
+                need.key()
+            ),
+        ));
+    }
+    Ok(who)
+}
+
+fn body<T: serde::de::DeserializeOwned>(
+    payload: Result<axum::Json<T>, JsonRejection>,
+) -> Result<T, Response> {
+    payload.map(|j| j.0).map_err(|e| {
+        let status = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        error(status, e.body_text())
+    })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    user: String,
+    password: String,
+}
+
+async fn login(
+    State(s): State<ApiState>,
+    payload: Result<axum::Json<Login>, JsonRejection>,
+) -> Response {
+    let l = match body(payload) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let users = s.users.lock().unwrap_or_else(|e| e.into_inner());
+    match users.login(&l.user, &l.password) {
+        Ok(Some((token, role))) => {
+            axum::Json(json!({ "token": token, "role": role.key() })).into_response()
+        }
+        Ok(None) => error(StatusCode::UNAUTHORIZED, "wrong user or password"),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlarmAction {
+    node: String,
+    ch: u16,
+    condition: String,
+    comment: String,
+    #[serde(default)]
+    minutes: Option<f64>,
+}
+
+fn alarm_key(a: &AlarmAction) -> Result<AlarmKey, Response> {
+    let node = tianzhong_protocol::NodeId::new(&a.node)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("node: {e}")))?;
+    let condition = Condition::ALL
+        .into_iter()
+        .find(|c| c.key() == a.condition)
+        .ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "condition `{}` is not one of threshold, rate_of_change, stale, bad_quality",
+                    a.condition
+                ),
+            )
+        })?;
+    Ok(AlarmKey {
+        node,
+        channel: tianzhong_protocol::reading::ChannelId(a.ch),
+        condition,
+    })
+}
+
+async fn alarm_action(
+    s: ApiState,
+    headers: HeaderMap,
+    payload: Result<axum::Json<AlarmAction>, JsonRejection>,
+    shelve: bool,
+) -> Response {
+    let who = match authorise(&s, &headers, Role::Operator) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let a = match body(payload) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let key = match alarm_key(&a) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    if a.comment.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "comment: say why");
+    }
+    let Some(engine) = &s.engine else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "alarms are disabled in this gateway's configuration",
+        );
+    };
+    let now = crate::sources::modbus::bus::unix_ms();
+    let result = {
+        let mut engine = engine.lock().unwrap_or_else(|e| e.into_inner());
+        if shelve {
+            let Some(minutes) = a.minutes.filter(|m| m.is_finite() && *m > 0.0) else {
+                return error(StatusCode::BAD_REQUEST, "minutes: a number above 0");
+            };
+            engine.shelve(
+                &key,
+                (minutes * 60_000.0) as u64,
+                &who.user,
+                &a.comment,
+                now,
+            )
+        } else {
+            engine.acknowledge(&key, &who.user, &a.comment, now)
+        }
+    };
+    let transition = match result {
+        Ok(t) => t,
+        Err(e @ ActionError::UnknownAlarm(_)) => {
+            return error(StatusCode::NOT_FOUND, e.to_string());
+        }
+        Err(e @ ActionError::ShelveDuration { .. }) => {
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
+        Err(e) => return error(StatusCode::CONFLICT, e.to_string()),
+    };
+    {
+        let users = s.users.lock().unwrap_or_else(|e| e.into_inner());
+        let action = if shelve {
+            "shelve_alarm"
+        } else {
+            "acknowledge_alarm"
+        };
+        if let Err(e) = users.audit(
+            &who.user,
+            action,
+            &key.to_string(),
+            Some(transition.from.key()),
+            Some(transition.to.key()),
+            &a.comment,
+        ) {
+            tracing::error!("audit of {action} {key} by {} failed: {e}", who.user);
+        }
+    }
+    let event = AlarmEvent {
+        site: None,
+        transition,
+    };
+    let reply = event.to_json();
+    let _ = s.events.send(Event::Alarms(vec![event])).await;
+    axum::Json(reply).into_response()
+}
+
+async fn acknowledge(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    payload: Result<axum::Json<AlarmAction>, JsonRejection>,
+) -> Response {
+    alarm_action(s, headers, payload, false).await
+}
+
+async fn shelve(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    payload: Result<axum::Json<AlarmAction>, JsonRejection>,
+) -> Response {
+    alarm_action(s, headers, payload, true).await
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    name: String,
+    role: String,
+    password: String,
+}
+
+async fn add_user(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    payload: Result<axum::Json<NewUser>, JsonRejection>,
+) -> Response {
+    let who = match authorise(&s, &headers, Role::Admin) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let u = match body(payload) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let Some(role) = Role::parse(&u.role) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "role `{}` is not one of viewer, operator, engineer, admin",
+                u.role
+            ),
+        );
+    };
+    if tianzhong_protocol::NodeId::new(&u.name).is_err() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name: 1 to 32 of A-Z a-z 0-9 - _ .",
+        );
+    }
+    if u.password.chars().count() < 12 {
+        return error(StatusCode::BAD_REQUEST, "password: at least 12 characters");
+    }
+    let users = s.users.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = users.add_user(&u.name, role, &u.password) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    let _ = users.audit(
+        &who.user,
+        "create_user",
+        &u.name,
+        None,
+        Some(role.key()),
+        "",
+    );
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({ "name": u.name, "role": role.key() })),
+    )
+        .into_response()
+}
+
+async fn audit(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorise(&s, &headers, Role::Admin) {
+        return r;
+    }
+    let users = s.users.lock().unwrap_or_else(|e| e.into_inner());
+    match users.audit_trail(500) {
+        Ok(rows) => axum::Json(json!({
+            "audit": rows.into_iter().map(|(at, user, action, target, reason)| json!({
+                "at": at, "user": user, "action": action, "target": target, "reason": reason
+            })).collect::<Vec<_>>()
+        }))
+        .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 async fn render_metrics(State(s): State<ApiState>) -> impl IntoResponse {
@@ -76,7 +374,14 @@ const STATES: [AlarmState; 8] = [
     AlarmState::OutOfService,
 ];
 
-async fn alarms(State(s): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn alarms(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = authorise(&s, &headers, Role::Viewer) {
+        return r;
+    }
     let Some(engine) = &s.engine else {
         return (
             StatusCode::NOT_FOUND,
@@ -148,23 +453,31 @@ async fn alarms(State(s): State<ApiState>, Query(q): Query<HashMap<String, Strin
     axum::Json(json!({ "rules_version": version, "alarms": list })).into_response()
 }
 
-async fn alarm_stream(
-    State(s): State<ApiState>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+async fn alarm_stream(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorise(&s, &headers, Role::Viewer) {
+        return r;
+    }
     let rx = s.live.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let event = match rx.recv().await {
-            Ok(e) => SseEvent::default()
-                .event("alarm")
-                .data(e.to_json().to_string()),
-            Err(broadcast::error::RecvError::Lagged(n)) => SseEvent::default()
-                .event("lagged")
-                .data(json!({ "missed": n }).to_string()),
-            Err(broadcast::error::RecvError::Closed) => return None,
-        };
-        Some((Ok(event), rx))
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    let stream =
+        futures_util::stream::unfold((rx, s.shutdown.clone()), |(mut rx, mut stop)| async move {
+            let event = tokio::select! {
+                e = rx.recv() => e,
+                _ = stop.wait_for(|s| *s) => return None,
+            };
+            let event = match event {
+                Ok(e) => SseEvent::default()
+                    .event("alarm")
+                    .data(e.to_json().to_string()),
+                Err(broadcast::error::RecvError::Lagged(n)) => SseEvent::default()
+                    .event("lagged")
+                    .data(json!({ "missed": n }).to_string()),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((Ok::<SseEvent, Infallible>(event), (rx, stop)))
+        });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// The router.
@@ -174,6 +487,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/alarms", get(alarms))
         .route("/api/alarms/stream", get(alarm_stream))
+        .route("/api/login", post(login))
+        .route("/api/alarms/ack", post(acknowledge))
+        .route("/api/alarms/shelve", post(shelve))
+        .route("/api/users", post(add_user))
+        .route("/api/audit", get(audit))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 

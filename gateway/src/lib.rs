@@ -12,12 +12,14 @@
 //! | [`alarm`] | the alarm engine: rules, ISA-18.2 life cycle, shipped defaults |
 //! | [`sinks`] | northbound: InfluxDB, upstream MQTT, the local store |
 //! | [`metrics`] | Prometheus metrics |
-//! | [`http`] | `/metrics` and `/healthz` |
+//! | [`auth`] | users, roles (viewer, operator, engineer, admin), Argon2 passwords, API tokens, the audit trail |
+//! | [`http`] | `/metrics`, `/healthz` and the API: alarms (list, live stream, acknowledge, shelve), login, users, audit |
 //! | [`gateway`] | assembling and running a gateway from its configuration |
 //! | [`probe`] | reading one device from the command line |
 //! | [`demo`] | broker, simulated fleet and gateway in one process |
 
 pub mod alarm;
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod gateway;

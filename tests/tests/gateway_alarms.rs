@@ -63,13 +63,43 @@ async fn the_leak_raises_yellow_then_red_at_the_right_detectors_in_time() {
     let config = tianzhong_gateway::config::parse(&toml, &dir.path().join("gw.toml"), &|_| None)
         .unwrap_or_else(|e| panic!("{e}\n{toml}"));
     let gateway = Gateway::start(config).await.unwrap();
+    let admin_password = gateway
+        .first_run_secret()
+        .expect("a fresh data directory creates the admin")
+        .to_owned();
+    let client = reqwest::Client::new();
+    let post = |path: &str, token: Option<&str>, body: String| {
+        let mut r = client
+            .post(format!("http://{http}{path}"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        r.send()
+    };
+    let login: serde_json::Value = serde_json::from_str(
+        &post(
+            "/api/login",
+            None,
+            format!(r#"{{"user":"admin","password":"{admin_password}"}}"#),
+        )
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let token = login["token"].as_str().expect("a token").to_owned();
+    let sse_token = token.clone();
 
     // An SSE client, connected before the leak: it must see the red alarm arrive live.
     let sse = tokio::spawn(async move {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
         s.write_all(
-            format!("GET /api/alarms/stream HTTP/1.1\r\nHost: {http}\r\nAccept: text/event-stream\r\n\r\n")
+            format!("GET /api/alarms/stream HTTP/1.1\r\nHost: {http}\r\nAccept: text/event-stream\r\nAuthorization: Bearer {sse_token}\r\n\r\n")
                 .as_bytes(),
         )
         .await
@@ -79,9 +109,9 @@ async fn the_leak_raises_yellow_then_red_at_the_right_detectors_in_time() {
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(data) = line.strip_prefix("data: ") {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(data) {
-                    let red = v["node"] == "cp-lel-05" && v["level"] == "red";
+                    let acked = v["node"] == "cp-lel-05" && v["cause"] == "acknowledged";
                     events.push(v);
-                    if red {
+                    if acked {
                         break;
                     }
                 }
@@ -94,10 +124,10 @@ async fn the_leak_raises_yellow_then_red_at_the_right_detectors_in_time() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The alarm list, as an operator's console would fetch it.
-    let client = reqwest::Client::new();
     let list: serde_json::Value = serde_json::from_str(
         &client
             .get(format!("http://{http}/api/alarms?level=red"))
+            .header("authorization", format!("Bearer {token}"))
             .send()
             .await
             .unwrap()
@@ -108,11 +138,85 @@ async fn the_leak_raises_yellow_then_red_at_the_right_detectors_in_time() {
     .unwrap();
     let bad = client
         .get(format!("http://{http}/api/alarms?level=purple"))
+        .header("authorization", format!("Bearer {token}"))
         .send()
         .await
         .unwrap();
     assert_eq!(bad.status().as_u16(), 400);
     assert!(bad.text().await.unwrap().contains("level `purple`"));
+
+    // Bad requests get a 4xx with a message and change nothing.
+    let ack =
+        r#"{"node":"cp-lel-05","ch":0,"condition":"threshold","comment":"gas team dispatched"}"#;
+    let unauthenticated = post("/api/alarms/ack", None, ack.into()).await.unwrap();
+    assert_eq!(unauthenticated.status().as_u16(), 401);
+    let wrong_token = post("/api/alarms/ack", Some("not-a-token"), ack.into())
+        .await
+        .unwrap();
+    assert_eq!(wrong_token.status().as_u16(), 401);
+    let created = post(
+        "/api/users",
+        Some(&token),
+        r#"{"name":"duty-viewer","role":"viewer","password":"correct horse battery"}"#.into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let viewer: serde_json::Value = serde_json::from_str(
+        &post(
+            "/api/login",
+            None,
+            r#"{"user":"duty-viewer","password":"correct horse battery"}"#.into(),
+        )
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let viewer_token = viewer["token"].as_str().unwrap();
+    let forbidden = post("/api/alarms/ack", Some(viewer_token), ack.into())
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status().as_u16(), 403);
+    for (body, status) in [
+        (
+            r#"{"node":"cp-lel-05","ch":"zero","condition":"threshold","comment":"x"}"#.to_owned(),
+            400,
+        ),
+        (
+            r#"{"node":"cp-lel-05","ch":0,"condition":"smoke","comment":"x"}"#.to_owned(),
+            400,
+        ),
+        (
+            r#"{"node":"cp-lel-99","ch":0,"condition":"threshold","comment":"x"}"#.to_owned(),
+            404,
+        ),
+        (
+            format!(
+                r#"{{"node":"cp-lel-05","ch":0,"condition":"threshold","comment":"{}"}}"#,
+                "x".repeat(20_000)
+            ),
+            413,
+        ),
+    ] {
+        let r = post("/api/alarms/ack", Some(&token), body).await.unwrap();
+        let code = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(code, status, "{text}");
+        assert!(text.contains("error"), "{text}");
+    }
+    // None of that acknowledged anything: the operator does now.
+    let acked = post("/api/alarms/ack", Some(&token), ack.into())
+        .await
+        .unwrap();
+    assert_eq!(acked.status().as_u16(), 200);
+    let acked: serde_json::Value = serde_json::from_str(&acked.text().await.unwrap()).unwrap();
+    assert_eq!(
+        (acked["state"].as_str(), acked["user"].as_str()),
+        (Some("active_acked"), Some("admin"))
+    );
     let sse_events = tokio::time::timeout(Duration::from_secs(10), sse)
         .await
         .expect("the SSE client saw the red alarm")
@@ -203,9 +307,16 @@ async fn the_leak_raises_yellow_then_red_at_the_right_detectors_in_time() {
         seen,
         [
             ("yellow", "active_unacked", "raised"),
-            ("red", "active_unacked", "escalated")
+            ("red", "active_unacked", "escalated"),
+            ("red", "active_acked", "acknowledged")
         ],
         "{sse_events:?}"
+    );
+    // The acknowledgement is in the synced alarm audit log as well, with who and why.
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"cause\":\"acknowledged\"") && l.contains("gas team dispatched"))
     );
     // The API lists it as a red, unacknowledged threshold alarm.
     let listed = list["alarms"]

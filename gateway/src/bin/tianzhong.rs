@@ -140,6 +140,11 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
+                if let Some(secret) = gateway.first_run_secret() {
+                    eprintln!(
+                        "first run: user `admin` created with one-time password {secret}; it is not shown again"
+                    );
+                }
                 wait_for_signal().await;
                 tracing::info!("stopping: flushing sinks");
                 gateway.shutdown(Duration::from_secs(30)).await;

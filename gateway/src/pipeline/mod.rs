@@ -68,6 +68,9 @@ pub enum Event {
     Readings(Vec<Record>),
     /// A node came or went.
     Status(StatusEvent),
+    /// Alarm transitions made outside the stage (operator actions through the API), to be
+    /// published, stored and audited like the engine's own.
+    Alarms(Vec<AlarmEvent>),
 }
 
 /// What the ingestion stage sends to each sink: shared, because every sink gets the same
@@ -177,6 +180,15 @@ impl Ingest {
                     }
                 }
                 Event::Status(status) => self.send(Output::Status(Arc::new(status))).await,
+                Event::Alarms(events) => {
+                    self.metrics.alarm_transitions(&events);
+                    for e in &events {
+                        let _ = self.live.send(Arc::new(e.clone()));
+                    }
+                    if !events.is_empty() {
+                        self.send(Output::Alarms(events.into())).await;
+                    }
+                }
             }
         }
     }
