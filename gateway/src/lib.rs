@@ -11,6 +11,7 @@
 //! | [`transforms`] | timestamps, calibration, range validation, de-duplication |
 //! | [`alarm`] | the alarm engine: rules, ISA-18.2 life cycle, shipped defaults |
 //! | [`sinks`] | northbound: InfluxDB, upstream MQTT, the local store |
+//! | [`outbox`] | the durable outbox: batches on disk until every sink confirmed them |
 //! | [`metrics`] | Prometheus metrics |
 //! | [`auth`] | users, roles (viewer, operator, engineer, admin), Argon2 passwords, API tokens, the audit trail |
 //! | [`http`] | `/metrics`, `/healthz` and the API: alarms (list, live stream, acknowledge, shelve), login, users, audit |
@@ -25,6 +26,7 @@ pub mod demo;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
+pub mod outbox;
 pub mod pipeline;
 pub mod probe;
 pub mod sinks;

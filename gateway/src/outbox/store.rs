@@ -1,0 +1,739 @@
+//! The outbox's storage thread: owns the SQLite connection, commits groups, serves reads,
+//! keeps cursors, and enforces the byte bound. Everything here runs on one dedicated thread;
+//! the [`Outbox`](super::Outbox) handle talks to it over a channel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tianzhong_protocol::NodeId;
+use tokio::sync::{oneshot, watch};
+use tracing::{error, warn};
+
+use super::codec::{self, Decoded};
+use super::{
+    BatchId, DeadLetter, Drop as DropCount, DropReason, Error, OutboxConfig, OutboxStats, SinkStats,
+};
+use crate::pipeline::Record;
+
+/// Bytes charged per stored batch beyond its payload: row header, index cell and page slack,
+/// measured as (file size − payload) / rows on a 1 GB store of 100-record batches.
+pub const ROW_OVERHEAD: u64 = 64;
+
+/// How much a downsampling or dropping round reads at a time, bounding its memory.
+const CHUNK_BYTES: u64 = 8 << 20;
+
+/// A batch encoded by the caller, waiting for the next group commit.
+pub(super) struct Pending {
+    pub id: u64,
+    pub kind: u8,
+    pub n_records: u32,
+    pub bytes: Vec<u8>,
+}
+
+/// A stored batch as read, before decoding.
+pub(super) struct RawBatch {
+    pub id: u64,
+    pub level: u8,
+    pub bytes: Vec<u8>,
+}
+
+pub(super) enum Cmd {
+    Append(Pending),
+    Read {
+        sink: String,
+        max: usize,
+        reply: oneshot::Sender<Result<Vec<RawBatch>, Error>>,
+    },
+    Ack {
+        sink: String,
+        upto: u64,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    DeadLetter {
+        sink: String,
+        id: u64,
+        reason: String,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    DeadLetters(oneshot::Sender<Result<Vec<DeadLetter>, Error>>),
+    Drops(oneshot::Sender<Result<Vec<DropCount>, Error>>),
+    Stats(oneshot::Sender<Result<OutboxStats, Error>>),
+    Flush(oneshot::Sender<Result<(), Error>>),
+    Close(oneshot::Sender<Result<(), Error>>),
+}
+
+/// What the handle needs from an opened store.
+pub(super) struct Opened {
+    pub store: Store,
+    pub next_id: u64,
+}
+
+/// What the bound is enforced on.
+#[derive(Clone, Copy)]
+struct Acct {
+    /// Accounted bytes of live batches (payload + [`ROW_OVERHEAD`] each).
+    bytes: u64,
+    batches: u64,
+    /// Every routine batch with an id up to here has been downsampled (or was considered).
+    frontier: u64,
+}
+
+/// The storage thread's state.
+pub(super) struct Store {
+    conn: Connection,
+    cfg: OutboxConfig,
+    /// Authoritative cursors (last batch id each sink confirmed); written with the next commit.
+    cursors: BTreeMap<String, u64>,
+    cursors_dirty: bool,
+    next_id: u64,
+    durable: u64,
+    acct: Acct,
+    /// Every batch with an id up to here has been purged.
+    purged_upto: u64,
+    last_purge: Instant,
+    pending: Vec<Pending>,
+    pending_bytes: usize,
+    /// When the oldest uncommitted change (append or ack) arrived.
+    first_change: Option<Instant>,
+    inflight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+}
+
+fn set_meta(tx: &Transaction<'_>, key: &str, value: u64) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+        .execute(params![key, value as i64])?;
+    Ok(())
+}
+
+fn add_drop(tx: &Transaction<'_>, node: &str, reason: DropReason, n: u64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO drops (node, reason, count) VALUES (?1, ?2, ?3)
+         ON CONFLICT (node, reason) DO UPDATE SET count = count + excluded.count",
+    )?
+    .execute(params![node, reason.as_str(), n as i64])?;
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating) the store and recovers its state.
+    pub fn open(
+        path: &Path,
+        cfg: OutboxConfig,
+        inflight: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Result<Opened, Error> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a commit is on disk (WAL fsynced) before `durable` moves, so a power cut —
+        // not only a killed process — loses nothing confirmed. Commits are grouped, so this
+        // costs one fsync per group, not per batch.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "journal_size_limit", 64i64 << 20)?;
+        conn.pragma_update(None, "cache_size", -8192i64)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS batch (
+                 id         INTEGER PRIMARY KEY,
+                 kind       INTEGER NOT NULL,
+                 level      INTEGER NOT NULL,
+                 created_ms INTEGER NOT NULL,
+                 n_records  INTEGER NOT NULL,
+                 n_bytes    INTEGER NOT NULL,
+                 bytes      BLOB    NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS cursor (sink TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS dead_letter (
+                 seq      INTEGER PRIMARY KEY,
+                 sink     TEXT    NOT NULL,
+                 batch_id INTEGER NOT NULL,
+                 reason   TEXT    NOT NULL,
+                 at_ms    INTEGER NOT NULL,
+                 bytes    BLOB    NOT NULL,
+                 UNIQUE (sink, batch_id)
+             );
+             CREATE TABLE IF NOT EXISTS drops (
+                 node   TEXT    NOT NULL,
+                 reason TEXT    NOT NULL,
+                 count  INTEGER NOT NULL,
+                 PRIMARY KEY (node, reason)
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)
+                 WITHOUT ROWID;",
+        )?;
+        let max_id: i64 =
+            conn.query_row("SELECT COALESCE(MAX(id), 0) FROM batch", [], |r| r.get(0))?;
+        let next_id = (meta(&conn, "next_id")?.unwrap_or(1).max(max_id + 1)) as u64;
+        let frontier = meta(&conn, "frontier")?.unwrap_or(0) as u64;
+        let (bytes, batches): (i64, i64) = conn.query_row(
+            "SELECT COALESCE(SUM(n_bytes), 0), COUNT(*) FROM batch",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let mut stored: HashMap<String, u64> = HashMap::new();
+        {
+            let mut stmt = conn.prepare("SELECT sink, last_id FROM cursor")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (sink, last) = row?;
+                stored.insert(sink, last as u64);
+            }
+        }
+        // Sinks no longer configured lose their cursor (else they would pin the backlog
+        // forever); a new sink starts before the oldest stored batch and so gets the backlog.
+        let min_id: i64 =
+            conn.query_row("SELECT COALESCE(MIN(id), 0) FROM batch", [], |r| r.get(0))?;
+        let start = if batches == 0 {
+            next_id - 1
+        } else {
+            min_id as u64 - 1
+        };
+        let cursors: BTreeMap<String, u64> = cfg
+            .sinks
+            .iter()
+            .map(|s| (s.clone(), stored.get(s).copied().unwrap_or(start)))
+            .collect();
+        let purged_upto = cursors.values().copied().min().unwrap_or(0).min(start);
+        let mut store = Store {
+            conn,
+            cfg,
+            cursors,
+            cursors_dirty: true,
+            next_id,
+            durable: next_id - 1,
+            acct: Acct {
+                bytes: bytes as u64,
+                batches: batches as u64,
+                frontier,
+            },
+            purged_upto,
+            last_purge: Instant::now(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            first_change: None,
+            inflight,
+        };
+        {
+            let tx = store.conn.transaction()?;
+            tx.execute("DELETE FROM cursor", [])?;
+            tx.commit()?;
+        }
+        store.commit()?;
+        Ok(Opened { store, next_id })
+    }
+
+    pub fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    /// Runs until the handle closes the outbox or every handle is gone, committing whatever
+    /// is pending before it returns.
+    pub fn run(mut self, rx: Receiver<Cmd>, durable_tx: watch::Sender<u64>) {
+        let mut close_reply = None;
+        loop {
+            let timeout = match self.first_change {
+                Some(t) => (t + self.cfg.fsync_interval).saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            let first = match rx.recv_timeout(timeout) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            // Take everything already queued, so that a busy gateway commits in large groups.
+            let mut next = first;
+            while let Some(cmd) = next.take() {
+                if let Cmd::Close(reply) = cmd {
+                    close_reply = Some(reply);
+                    break;
+                }
+                self.handle(cmd, &durable_tx);
+                if self.pending_bytes >= self.cfg.commit_bytes {
+                    break;
+                }
+                next = rx.try_recv().ok();
+            }
+            if close_reply.is_some() {
+                break;
+            }
+            let due = self
+                .first_change
+                .is_some_and(|t| t.elapsed() >= self.cfg.fsync_interval)
+                || self.pending_bytes >= self.cfg.commit_bytes;
+            if due {
+                self.commit_and_notify(&durable_tx);
+            }
+        }
+        // Graceful: everything appended is committed and the WAL folded into the database.
+        let result = self.flush(&durable_tx).and_then(|()| {
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(Error::from)
+        });
+        if let Err(e) = &result {
+            error!("outbox: flushing at shutdown failed: {e}");
+        }
+        drop(self);
+        if let Some(reply) = close_reply {
+            let _ = reply.send(result);
+        }
+    }
+
+    fn commit_and_notify(&mut self, durable_tx: &watch::Sender<u64>) {
+        match self.commit() {
+            Ok(()) => {
+                durable_tx.send_replace(self.durable);
+            }
+            // Kept pending and retried at the next interval; appends wait meanwhile.
+            Err(e) => warn!("outbox: commit failed, will retry: {e}"),
+        }
+    }
+
+    fn flush(&mut self, durable_tx: &watch::Sender<u64>) -> Result<(), Error> {
+        self.commit()?;
+        durable_tx.send_replace(self.durable);
+        Ok(())
+    }
+
+    fn handle(&mut self, cmd: Cmd, durable_tx: &watch::Sender<u64>) {
+        match cmd {
+            Cmd::Append(p) => {
+                self.pending_bytes += p.bytes.len();
+                self.first_change.get_or_insert_with(Instant::now);
+                self.pending.push(p);
+            }
+            Cmd::Read { sink, max, reply } => {
+                let _ = reply.send(self.read(&sink, max));
+            }
+            Cmd::Ack { sink, upto, reply } => {
+                let _ = reply.send(self.ack(&sink, upto));
+            }
+            Cmd::DeadLetter {
+                sink,
+                id,
+                reason,
+                reply,
+            } => {
+                let _ = reply.send(self.dead_letter(&sink, id, &reason));
+            }
+            Cmd::DeadLetters(reply) => {
+                let _ = reply.send(self.dead_letters());
+            }
+            Cmd::Drops(reply) => {
+                let _ = reply.send(self.drops());
+            }
+            Cmd::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
+            Cmd::Flush(reply) => {
+                let _ = reply.send(self.flush(durable_tx));
+            }
+            Cmd::Close(_) => unreachable!("handled by run"),
+        }
+    }
+
+    fn cursor(&self, sink: &str) -> Result<u64, Error> {
+        self.cursors
+            .get(sink)
+            .copied()
+            .ok_or_else(|| Error::UnknownSink(sink.to_owned()))
+    }
+
+    fn read(&mut self, sink: &str, max: usize) -> Result<Vec<RawBatch>, Error> {
+        let after = self.cursor(sink)?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, level, bytes FROM batch WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after as i64, max as i64], |r| {
+            Ok(RawBatch {
+                id: r.get::<_, i64>(0)? as u64,
+                level: r.get(1)?,
+                bytes: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn ack(&mut self, sink: &str, upto: u64) -> Result<(), Error> {
+        let current = self.cursor(sink)?;
+        let upto = upto.min(self.durable);
+        if upto > current {
+            self.cursors.insert(sink.to_owned(), upto);
+            self.cursors_dirty = true;
+            self.first_change.get_or_insert_with(Instant::now);
+        }
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, sink: &str, id: u64, reason: &str) -> Result<(), Error> {
+        let current = self.cursor(sink)?;
+        if id <= current {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        let bytes: Option<Vec<u8>> = tx
+            .query_row("SELECT bytes FROM batch WHERE id = ?1", [id as i64], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(bytes) = bytes else {
+            // Already gone (dropped when full, or never existed): nothing to set aside.
+            return Ok(());
+        };
+        tx.execute(
+            "INSERT OR IGNORE INTO dead_letter (sink, batch_id, reason, at_ms, bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![sink, id as i64, reason, now_ms(), bytes],
+        )?;
+        // Keep the newest `dead_letter_keep` only.
+        tx.execute(
+            "DELETE FROM dead_letter WHERE seq <= (SELECT MAX(seq) FROM dead_letter) - ?1",
+            [self.cfg.dead_letter_keep as i64],
+        )?;
+        // The cursor moves past it when nothing unconfirmed lies before it; otherwise the
+        // sink's next ack past it will.
+        let before: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM batch WHERE id > ?1 AND id < ?2",
+            params![current as i64, id as i64],
+            |r| r.get(0),
+        )?;
+        if before == 0 {
+            tx.execute(
+                "INSERT OR REPLACE INTO cursor (sink, last_id) VALUES (?1, ?2)",
+                params![sink, id as i64],
+            )?;
+        }
+        tx.commit()?;
+        if before == 0 {
+            self.cursors.insert(sink.to_owned(), id);
+        }
+        Ok(())
+    }
+
+    fn dead_letters(&self) -> Result<Vec<DeadLetter>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT sink, batch_id, reason, at_ms, bytes FROM dead_letter ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(DeadLetter {
+                sink: r.get(0)?,
+                batch: BatchId(r.get::<_, i64>(1)? as u64),
+                reason: r.get(2)?,
+                at_ms: r.get::<_, i64>(3)? as u64,
+                bytes: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn drops(&self) -> Result<Vec<DropCount>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT node, reason, count FROM drops ORDER BY node, reason")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (node, reason, count) = row?;
+            out.push(DropCount {
+                node,
+                reason: DropReason::from_str(&reason).unwrap_or(DropReason::Undecodable),
+                count: count as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    fn stats(&self) -> Result<OutboxStats, Error> {
+        let page_count: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let free: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let dead: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM dead_letter", [], |r| r.get(0))?;
+        let dropped: i64 =
+            self.conn
+                .query_row("SELECT COALESCE(SUM(count), 0) FROM drops", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(OutboxStats {
+            batches: self.acct.batches,
+            bytes: self.acct.bytes,
+            file_bytes: (page_count * page_size) as u64,
+            free_bytes: (free * page_size) as u64,
+            durable: BatchId(self.durable),
+            pending_bytes: self.inflight.load(Ordering::Relaxed) as u64,
+            sinks: self
+                .cursors
+                .iter()
+                .map(|(name, &acked)| SinkStats {
+                    name: name.clone(),
+                    acked: BatchId(acked),
+                    behind: self.durable.saturating_sub(acked),
+                })
+                .collect(),
+            dead_letters: dead as u64,
+            dropped: dropped as u64,
+        })
+    }
+
+    /// One transaction: the pending batches, the cursors, a purge when due and the bound.
+    fn commit(&mut self) -> Result<(), Error> {
+        let saved = (self.acct, self.purged_upto);
+        let result = self.commit_inner();
+        if result.is_err() {
+            (self.acct, self.purged_upto) = saved;
+            return result;
+        }
+        if let Some(last) = self.pending.last() {
+            self.durable = last.id;
+        }
+        let n = self.pending_bytes;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.first_change = None;
+        self.cursors_dirty = false;
+        self.inflight.fetch_sub(n, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn commit_inner(&mut self) -> Result<(), Error> {
+        let now = now_ms();
+        let tx = self.conn.transaction()?;
+        let mut next_id = self.next_id;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO batch (id, kind, level, created_ms, n_records, n_bytes, bytes)
+                 VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6)",
+            )?;
+            for p in &self.pending {
+                let n_bytes = p.bytes.len() as u64 + ROW_OVERHEAD;
+                insert.execute(params![
+                    p.id as i64,
+                    p.kind,
+                    now,
+                    p.n_records,
+                    n_bytes as i64,
+                    p.bytes
+                ])?;
+                self.acct.bytes += n_bytes;
+                self.acct.batches += 1;
+                next_id = p.id + 1;
+            }
+        }
+        if self.cursors_dirty {
+            let mut up =
+                tx.prepare_cached("INSERT OR REPLACE INTO cursor (sink, last_id) VALUES (?1, ?2)")?;
+            for (sink, &last) in &self.cursors {
+                up.execute(params![sink, last as i64])?;
+            }
+        }
+        let min_cursor = self.cursors.values().copied().min().unwrap_or(self.durable);
+        let over = self.acct.bytes > self.cfg.max_bytes;
+        if min_cursor > self.purged_upto
+            && (over || self.last_purge.elapsed() >= self.cfg.purge_interval)
+        {
+            let (b, n): (i64, i64) = tx.query_row(
+                "SELECT COALESCE(SUM(n_bytes), 0), COUNT(*) FROM batch WHERE id <= ?1",
+                [min_cursor as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            tx.execute("DELETE FROM batch WHERE id <= ?1", [min_cursor as i64])?;
+            self.acct.bytes -= b as u64;
+            self.acct.batches -= n as u64;
+            self.purged_upto = min_cursor;
+            self.last_purge = Instant::now();
+        }
+        if self.acct.bytes > self.cfg.max_bytes {
+            self.acct.enforce_bound(&tx, &self.cfg)?;
+            set_meta(&tx, "frontier", self.acct.frontier)?;
+        }
+        set_meta(&tx, "next_id", next_id)?;
+        tx.commit()?;
+        self.next_id = next_id;
+        Ok(())
+    }
+}
+
+impl Acct {
+    /// Brings the accounted bytes down to the low watermark, in the documented order:
+    /// downsample the oldest routine readings once, then drop the oldest routine readings,
+    /// then the oldest alarm transitions. Every reading removed is counted in `drops`.
+    fn enforce_bound(&mut self, tx: &Transaction<'_>, cfg: &OutboxConfig) -> Result<(), Error> {
+        let low = cfg.max_bytes - cfg.max_bytes / 20;
+        let keep = cfg.downsample_keep_one_in.max(1) as usize;
+        // 1. Downsample.
+        while keep > 1 && self.bytes > low {
+            let chunk = self.chunk(tx, codec::KIND_READINGS, Some(self.frontier))?;
+            let Some(&(last, _, _)) = chunk.last() else {
+                break;
+            };
+            self.downsample(tx, chunk, keep)?;
+            self.frontier = last;
+        }
+        // 2. Drop routine readings, then 3. alarms, oldest first.
+        for (kind, reason) in [
+            (codec::KIND_READINGS, DropReason::Full),
+            (codec::KIND_ALARM, DropReason::FullAlarm),
+        ] {
+            while self.bytes > low {
+                let chunk = self.chunk(tx, kind, None)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                let mut counts: HashMap<String, u64> = HashMap::new();
+                let mut del = tx.prepare_cached("DELETE FROM batch WHERE id = ?1")?;
+                for (id, n_bytes, bytes) in chunk {
+                    if self.bytes <= low {
+                        break;
+                    }
+                    match codec::nodes_of(&bytes) {
+                        Ok(nodes) => {
+                            for n in nodes {
+                                *counts.entry(n.as_str().to_owned()).or_default() += 1;
+                            }
+                        }
+                        Err(_) => {
+                            *counts.entry(String::new()).or_default() += 1;
+                        }
+                    }
+                    del.execute([id as i64])?;
+                    self.bytes -= n_bytes;
+                    self.batches -= 1;
+                }
+                for (node, n) in counts {
+                    let r = if node.is_empty() {
+                        DropReason::Undecodable
+                    } else {
+                        reason
+                    };
+                    add_drop(tx, &node, r, n)?;
+                }
+            }
+        }
+        if self.bytes > cfg.max_bytes {
+            warn!(
+                bytes = self.bytes,
+                max = cfg.max_bytes,
+                "outbox: still over its bound after dropping everything it may"
+            );
+        }
+        Ok(())
+    }
+
+    /// The oldest batches of `kind` (level 0 and after `after` when given), up to
+    /// [`CHUNK_BYTES`].
+    fn chunk(
+        &self,
+        tx: &Transaction<'_>,
+        kind: u8,
+        after: Option<u64>,
+    ) -> Result<Vec<(u64, u64, Vec<u8>)>, Error> {
+        let sql = if after.is_some() {
+            "SELECT id, n_bytes, bytes FROM batch WHERE id > ?1 AND kind = ?2 AND level = 0 ORDER BY id"
+        } else {
+            "SELECT id, n_bytes, bytes FROM batch WHERE id > ?1 AND kind = ?2 ORDER BY id"
+        };
+        let mut stmt = tx.prepare_cached(sql)?;
+        let mut rows = stmt.query(params![after.unwrap_or(0) as i64, kind])?;
+        let mut out = Vec::new();
+        let mut total = 0;
+        while let Some(r) = rows.next()? {
+            let n_bytes = r.get::<_, i64>(1)? as u64;
+            out.push((r.get::<_, i64>(0)? as u64, n_bytes, r.get(2)?));
+            total += n_bytes;
+            if total >= CHUNK_BYTES {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keeps one reading in `keep` per (node, channel) across the chunk, in time order (the
+    /// first, the `keep+1`th, …), rewriting each batch with its survivors.
+    fn downsample(
+        &mut self,
+        tx: &Transaction<'_>,
+        chunk: Vec<(u64, u64, Vec<u8>)>,
+        keep: usize,
+    ) -> Result<(), Error> {
+        let mut decoded: Vec<(u64, u64, Vec<Record>)> = Vec::with_capacity(chunk.len());
+        for (id, n_bytes, bytes) in chunk {
+            match codec::decode(&bytes) {
+                Ok(Decoded::Readings(r)) => decoded.push((id, n_bytes, r)),
+                // Left as they are: a sink will dead-letter an undecodable batch.
+                _ => continue,
+            }
+        }
+        // (node, channel) -> every reading's (timestamp, seq, batch index, record index).
+        let mut series: HashMap<(NodeId, u16), Vec<(u64, u32, usize, usize)>> = HashMap::new();
+        for (b, (_, _, records)) in decoded.iter().enumerate() {
+            for (i, r) in records.iter().enumerate() {
+                series
+                    .entry((r.reading.node.clone(), r.reading.channel.0))
+                    .or_default()
+                    .push((r.reading.timestamp.0, r.reading.seq, b, i));
+            }
+        }
+        let mut dropped: Vec<Vec<bool>> = decoded
+            .iter()
+            .map(|(_, _, r)| vec![false; r.len()])
+            .collect();
+        let mut counts: HashMap<NodeId, u64> = HashMap::new();
+        for ((node, _), mut readings) in series {
+            readings.sort_unstable();
+            for (k, &(_, _, b, i)) in readings.iter().enumerate() {
+                if k % keep != 0 {
+                    dropped[b][i] = true;
+                    *counts.entry(node.clone()).or_default() += 1;
+                }
+            }
+        }
+        let mut buf = Vec::new();
+        let mut update = tx.prepare_cached(
+            "UPDATE batch SET level = 1, n_records = ?2, n_bytes = ?3, bytes = ?4 WHERE id = ?1",
+        )?;
+        let mut delete = tx.prepare_cached("DELETE FROM batch WHERE id = ?1")?;
+        for ((id, n_bytes, records), dropped) in decoded.into_iter().zip(dropped) {
+            let kept: Vec<Record> = records
+                .into_iter()
+                .zip(dropped)
+                .filter_map(|(r, d)| (!d).then_some(r))
+                .collect();
+            self.bytes -= n_bytes;
+            if kept.is_empty() {
+                delete.execute([id as i64])?;
+                self.batches -= 1;
+            } else {
+                codec::encode_readings(&kept, &mut buf);
+                let new_bytes = buf.len() as u64 + ROW_OVERHEAD;
+                update.execute(params![id as i64, kept.len() as i64, new_bytes as i64, buf])?;
+                self.bytes += new_bytes;
+            }
+        }
+        for (node, n) in counts {
+            add_drop(tx, node.as_str(), DropReason::Downsampled, n)?;
+        }
+        Ok(())
+    }
+}
