@@ -81,6 +81,21 @@ pub enum AuthError {
     Random(String),
 }
 
+/// One audited write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// When, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// Who.
+    pub user: String,
+    /// What, e.g. `acknowledge_alarm`.
+    pub action: String,
+    /// On what, e.g. `cp-lel-05/ch0/threshold`.
+    pub target: String,
+    /// Why, as the user said.
+    pub reason: String,
+}
+
 /// The user store.
 pub struct Users {
     conn: Connection,
@@ -242,17 +257,20 @@ impl Users {
     }
 
     /// The audit trail, newest first: (at_ms, user, action, target, reason).
-    pub fn audit_trail(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<(i64, String, String, String, String)>, AuthError> {
+    pub fn audit_trail(&self, limit: usize) -> Result<Vec<AuditEntry>, AuthError> {
         let mut stmt = self.conn.prepare(
             "SELECT at_ms, user, action, target, COALESCE(reason, '') FROM audit
              ORDER BY rowid DESC LIMIT ?1",
         )?;
         let rows = stmt
             .query_map([limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok(AuditEntry {
+                    at_ms: r.get(0)?,
+                    user: r.get(1)?,
+                    action: r.get(2)?,
+                    target: r.get(3)?,
+                    reason: r.get(4)?,
+                })
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)

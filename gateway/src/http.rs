@@ -63,18 +63,32 @@ pub struct ApiState {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// A refused request: its status and message, rendered as `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError(status, message.into())
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+    refuse(status, message).into_response()
 }
 
 /// The caller, if their token is valid and their role at least `need`.
-fn authorise(s: &ApiState, headers: &HeaderMap, need: Role) -> Result<Principal, Response> {
+fn authorise(s: &ApiState, headers: &HeaderMap, need: Role) -> Result<Principal, ApiError> {
     let token = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| {
-            error(
+            refuse(
                 StatusCode::UNAUTHORIZED,
                 "missing `Authorization: Bearer TOKEN`; get a token from POST /api/login",
             )
@@ -82,10 +96,10 @@ fn authorise(s: &ApiState, headers: &HeaderMap, need: Role) -> Result<Principal,
     let users = s.users.lock().unwrap_or_else(|e| e.into_inner());
     let who = users
         .authenticate(token.trim())
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "unknown or revoked token"))?;
+        .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "unknown or revoked token"))?;
     if who.role < need {
-        return Err(error(
+        return Err(refuse(
             StatusCode::FORBIDDEN,
             format!(
                 "{} is {}; this needs {} or above",
@@ -100,14 +114,14 @@ fn authorise(s: &ApiState, headers: &HeaderMap, need: Role) -> Result<Principal,
 
 fn body<T: serde::de::DeserializeOwned>(
     payload: Result<axum::Json<T>, JsonRejection>,
-) -> Result<T, Response> {
+) -> Result<T, ApiError> {
     payload.map(|j| j.0).map_err(|e| {
         let status = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             StatusCode::PAYLOAD_TOO_LARGE
         } else {
             StatusCode::BAD_REQUEST
         };
-        error(status, e.body_text())
+        refuse(status, e.body_text())
     })
 }
 
@@ -124,7 +138,7 @@ async fn login(
 ) -> Response {
     let l = match body(payload) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let users = s.users.lock().unwrap_or_else(|e| e.into_inner());
     match users.login(&l.user, &l.password) {
@@ -147,14 +161,14 @@ struct AlarmAction {
     minutes: Option<f64>,
 }
 
-fn alarm_key(a: &AlarmAction) -> Result<AlarmKey, Response> {
+fn alarm_key(a: &AlarmAction) -> Result<AlarmKey, ApiError> {
     let node = tianzhong_protocol::NodeId::new(&a.node)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("node: {e}")))?;
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("node: {e}")))?;
     let condition = Condition::ALL
         .into_iter()
         .find(|c| c.key() == a.condition)
         .ok_or_else(|| {
-            error(
+            refuse(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "condition `{}` is not one of threshold, rate_of_change, stale, bad_quality",
@@ -177,15 +191,15 @@ async fn alarm_action(
 ) -> Response {
     let who = match authorise(&s, &headers, Role::Operator) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let a = match body(payload) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let key = match alarm_key(&a) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if a.comment.trim().is_empty() {
         return error(StatusCode::BAD_REQUEST, "comment: say why");
@@ -282,11 +296,11 @@ async fn add_user(
 ) -> Response {
     let who = match authorise(&s, &headers, Role::Admin) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let u = match body(payload) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Some(role) = Role::parse(&u.role) else {
         return error(
@@ -327,13 +341,14 @@ async fn add_user(
 
 async fn audit(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     if let Err(r) = authorise(&s, &headers, Role::Admin) {
-        return r;
+        return r.into_response();
     }
     let users = s.users.lock().unwrap_or_else(|e| e.into_inner());
     match users.audit_trail(500) {
         Ok(rows) => axum::Json(json!({
-            "audit": rows.into_iter().map(|(at, user, action, target, reason)| json!({
-                "at": at, "user": user, "action": action, "target": target, "reason": reason
+            "audit": rows.into_iter().map(|e| json!({
+                "at": e.at_ms, "user": e.user, "action": e.action, "target": e.target,
+                "reason": e.reason
             })).collect::<Vec<_>>()
         }))
         .into_response(),
@@ -380,7 +395,7 @@ async fn alarms(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     if let Err(r) = authorise(&s, &headers, Role::Viewer) {
-        return r;
+        return r.into_response();
     }
     let Some(engine) = &s.engine else {
         return (
@@ -455,7 +470,7 @@ async fn alarms(
 
 async fn alarm_stream(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     if let Err(r) = authorise(&s, &headers, Role::Viewer) {
-        return r;
+        return r.into_response();
     }
     let rx = s.live.subscribe();
     let stream =
