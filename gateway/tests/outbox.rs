@@ -34,7 +34,12 @@ fn record(node: u32, channel: u16, seq: u32) -> Record {
         _ => Quality::Good,
     };
     Record {
-        site: SiteId::new(if node % 2 == 0 { "site-a" } else { "site-b" }).unwrap(),
+        site: SiteId::new(if node.is_multiple_of(2) {
+            "site-a"
+        } else {
+            "site-b"
+        })
+        .unwrap(),
         reading: Reading {
             node: NodeId::new(&format!("node-{node}")).unwrap(),
             channel: ChannelId(channel),
@@ -45,7 +50,7 @@ fn record(node: u32, channel: u16, seq: u32) -> Record {
             quality,
         },
         received_ms: 1_700_000_000_000 + seq as u64 * 1000 + (seq as u64 % 7) * 13,
-        device_time: seq % 3 == 0,
+        device_time: seq.is_multiple_of(3),
     }
 }
 

@@ -240,9 +240,10 @@ pub struct OutboxConfig {
     /// The longest a batch waits for its group commit. Default 100 ms. Zero commits whatever
     /// is queued as soon as the storage thread is free.
     pub fsync_interval: Duration,
-    /// Commit early once this many bytes are pending. Default 8 MiB.
+    /// Commit early once this many bytes are pending. Default 4 MiB.
     pub commit_bytes: usize,
-    /// Appends wait (backpressure) while this many bytes are uncommitted. Default 64 MiB.
+    /// Appends wait (backpressure) while this many bytes are uncommitted. Default 16 MiB
+    /// (it bounds the outbox's share of RSS).
     pub max_pending_bytes: usize,
     /// The sinks, each with its own cursor.
     pub sinks: Vec<String>,
@@ -260,8 +261,8 @@ impl Default for OutboxConfig {
         OutboxConfig {
             max_bytes: 1 << 30,
             fsync_interval: Duration::from_millis(100),
-            commit_bytes: 8 << 20,
-            max_pending_bytes: 64 << 20,
+            commit_bytes: 4 << 20,
+            max_pending_bytes: 16 << 20,
             sinks: Vec::new(),
             downsample_keep_one_in: 2,
             purge_interval: Duration::from_secs(1),

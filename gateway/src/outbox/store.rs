@@ -73,6 +73,9 @@ pub(super) struct Opened {
     pub next_id: u64,
 }
 
+/// Where a reading is in a downsampling window: (timestamp, seq, batch index, record index).
+type Place = (u64, u32, usize, usize);
+
 /// What the bound is enforced on.
 #[derive(Clone, Copy)]
 struct Acct {
@@ -686,7 +689,7 @@ impl Acct {
             }
         }
         // (node, channel) -> every reading's (timestamp, seq, batch index, record index).
-        let mut series: HashMap<(NodeId, u16), Vec<(u64, u32, usize, usize)>> = HashMap::new();
+        let mut series: HashMap<(NodeId, u16), Vec<Place>> = HashMap::new();
         for (b, (_, _, records)) in decoded.iter().enumerate() {
             for (i, r) in records.iter().enumerate() {
                 series
