@@ -21,8 +21,8 @@
 //!
 //! A record's `received_ms` is stored as an offset from its timestamp, saturating: an offset
 //! beyond ±24.8 days (a device clock that wrong) is clamped, which loses only that
-//! diagnostic. Postcard was measured against this layout: it needs the site and node strings
-//! in every record (about 70 bytes a reading instead of 34) and decodes them into fresh
+//! diagnostic. Postcard (not benchmarked here; estimated from its format) would write the site
+//! and node strings in every record (about 70 bytes a reading instead of 34) and decodes them into fresh
 //! `heapless::String`s each time. Decoding is strict — any inconsistency is a
 //! [`DecodeError`], and the outbox sets such a batch aside as a dead letter.
 
