@@ -111,7 +111,7 @@ fn main() {
                 let round = cursor / NODES;
                 cursor += 1;
                 // One detector in fifty swings 10 → 30 → 60 → 30 → 10 %LEL, a step per round.
-                let value = if n % 50 == 0 {
+                let value = if n.is_multiple_of(50) {
                     [10.0, 30.0, 60.0, 30.0][round % 4]
                 } else {
                     2.0 + (n % 7) as f64 * 0.1

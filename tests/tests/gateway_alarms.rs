@@ -107,13 +107,13 @@ async fn the_leak_raises_yellow_then_red_at_the_right_detectors_in_time() {
         let mut lines = BufReader::new(s).lines();
         let mut events = Vec::new();
         while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(data) = line.strip_prefix("data: ") {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(data) {
-                    let acked = v["node"] == "cp-lel-05" && v["cause"] == "acknowledged";
-                    events.push(v);
-                    if acked {
-                        break;
-                    }
+            if let Some(data) = line.strip_prefix("data: ")
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(data)
+            {
+                let acked = v["node"] == "cp-lel-05" && v["cause"] == "acknowledged";
+                events.push(v);
+                if acked {
+                    break;
                 }
             }
         }

@@ -55,8 +55,8 @@ pub mod lifecycle;
 pub mod rule;
 
 pub use defaults::{AqiTable, GAS_DETECTOR_GROUP, default_rules};
-pub use event::{AlarmEvent, AlarmEvents};
 pub use engine::{AlarmEngine, MAX_TRANSITIONS_PER_READING, ReplaceError, Transitions};
+pub use event::{AlarmEvent, AlarmEvents};
 pub use lifecycle::{
     Action, ActionError, AlarmKey, AlarmState, AlarmStatus, Cause, Condition, Operator, Side,
     Transition,
