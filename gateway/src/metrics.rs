@@ -451,6 +451,33 @@ fn results(c: &DeviceCounters) -> [u64; 5] {
     ]
 }
 
+impl DeviceTable {
+    /// One family with a value per device, labelled bus, device and unit.
+    fn per_device(
+        &self,
+        encoder: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        value: impl Fn(&DeviceCounters) -> f64,
+    ) -> Result<(), fmt::Error> {
+        let mut e = encoder.encode_descriptor(name, help, None, kind)?;
+        for r in &self.rows {
+            let labels = [
+                ("bus", r.bus.as_str()),
+                ("device", r.device.as_str()),
+                ("unit", r.unit_label.as_str()),
+            ];
+            let v = value(&r.counters);
+            match kind {
+                MetricType::Counter => ConstCounter::new(v).encode(e.encode_family(&labels)?)?,
+                _ => ConstGauge::new(v).encode(e.encode_family(&labels)?)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Collector for DeviceTable {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
         if self.rows.is_empty() {
@@ -493,74 +520,34 @@ impl Collector for DeviceTable {
                     .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
             }
         }
-        {
-            let mut e = encoder.encode_descriptor(
-                "modbus_device_last_seen_seconds",
-                "Unix time of the device's last answer (0: never)",
-                None,
-                MetricType::Gauge,
-            )?;
-            for r in &self.rows {
-                let labels = [
-                    ("bus", r.bus.as_str()),
-                    ("device", r.device.as_str()),
-                    ("unit", r.unit_label.as_str()),
-                ];
-                let v = r.counters.last_seen_ms.load(Relaxed) as f64 / 1000.0;
-                ConstGauge::new(v).encode(e.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut e = encoder.encode_descriptor(
-                "modbus_device_quarantined",
-                "1 while the device is quarantined for not answering",
-                None,
-                MetricType::Gauge,
-            )?;
-            for r in &self.rows {
-                let labels = [
-                    ("bus", r.bus.as_str()),
-                    ("device", r.device.as_str()),
-                    ("unit", r.unit_label.as_str()),
-                ];
-                let v = r.counters.quarantined.load(Relaxed) as i64;
-                ConstGauge::new(v).encode(e.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut e = encoder.encode_descriptor(
-                "modbus_device_alarm_level",
-                "Highest local alarm level the node reports (0 normal, 1 blue, 2 yellow, 3 orange, 4 red)",
-                None,
-                MetricType::Gauge,
-            )?;
-            for r in &self.rows {
-                let labels = [
-                    ("bus", r.bus.as_str()),
-                    ("device", r.device.as_str()),
-                    ("unit", r.unit_label.as_str()),
-                ];
-                let v = r.counters.alarm_level.load(Relaxed) as i64;
-                ConstGauge::new(v).encode(e.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut e = encoder.encode_descriptor(
-                "modbus_read_splits",
-                "Reads refused with illegal data address and split by the read plan",
-                None,
-                MetricType::Counter,
-            )?;
-            for r in &self.rows {
-                let labels = [
-                    ("bus", r.bus.as_str()),
-                    ("device", r.device.as_str()),
-                    ("unit", r.unit_label.as_str()),
-                ];
-                ConstCounter::new(r.counters.splits.load(Relaxed))
-                    .encode(e.encode_family(&labels)?)?;
-            }
-        }
+        self.per_device(
+            &mut encoder,
+            "modbus_device_last_seen_seconds",
+            "Unix time of the device's last answer (0: never)",
+            MetricType::Gauge,
+            |c| c.last_seen_ms.load(Relaxed) as f64 / 1000.0,
+        )?;
+        self.per_device(
+            &mut encoder,
+            "modbus_device_quarantined",
+            "1 while the device is quarantined for not answering",
+            MetricType::Gauge,
+            |c| c.quarantined.load(Relaxed) as f64,
+        )?;
+        self.per_device(
+            &mut encoder,
+            "modbus_device_alarm_level",
+            "Highest local alarm level the node reports (0 normal, 1 blue, 2 yellow, 3 orange, 4 red)",
+            MetricType::Gauge,
+            |c| c.alarm_level.load(Relaxed) as f64,
+        )?;
+        self.per_device(
+            &mut encoder,
+            "modbus_read_splits",
+            "Reads refused with illegal data address and split by the read plan",
+            MetricType::Counter,
+            |c| c.splits.load(Relaxed) as f64,
+        )?;
         // Per bus: the devices' rows summed, in the order buses first appear.
         let mut buses: Vec<(&str, [u64; 5], DeviceCounters)> = Vec::new();
         for r in &self.rows {

@@ -1,7 +1,7 @@
-//! Shipped default rules for the common quantities, each number citing its source in
-//! `/work/shared/reference` (the repository's domain reference: `gas_thresholds.csv`,
-//! `aqi.md`, `aqi_hj633.csv`). The `alarm_engine` test reads those files and checks these
-//! numbers against them, so they cannot drift.
+//! Shipped default rules for the common quantities, each number citing its source in the
+//! project's domain reference, `shared/reference` (`gas_thresholds.csv`, `aqi.md`,
+//! `aqi_hj633.csv`). The `alarm_engine` test reads the copies of those tables kept in
+//! `protocol/tests/vectors/` and checks these numbers against them, so they cannot drift.
 //!
 //! # Mapping onto the four warning levels
 //!

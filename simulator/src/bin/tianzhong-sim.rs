@@ -162,9 +162,10 @@ fn bench_fleet_with(nodes: usize, channels: usize, buses: &[BusSpec]) -> FleetSp
     }
 }
 
-fn bench(nodes: usize, seconds: u64, transport: BenchTransport) -> anyhow::Result<BenchReport> {
-    let before = process_usage()?;
-    let buses: Vec<BusSpec> = (0..nodes.div_ceil(247))
+/// Modbus TCP listeners for a benchmark fleet: 247 units behind each, as behind
+/// serial-to-Ethernet gateways, on ephemeral loopback ports.
+fn bench_buses(nodes: usize) -> Vec<BusSpec> {
+    (0..nodes.div_ceil(247))
         .map(|b| BusSpec {
             name: format!("bench-{b}"),
             kind: BusKind::ModbusTcp {
@@ -172,7 +173,12 @@ fn bench(nodes: usize, seconds: u64, transport: BenchTransport) -> anyhow::Resul
                 per_node: false,
             },
         })
-        .collect();
+        .collect()
+}
+
+fn bench(nodes: usize, seconds: u64, transport: BenchTransport) -> anyhow::Result<BenchReport> {
+    let before = process_usage()?;
+    let buses = bench_buses(nodes);
     let fleet = Arc::new(Fleet::build(
         &bench_fleet(nodes, &buses),
         SimClock::new(0, 1.0),
@@ -463,15 +469,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             anyhow::ensure!((1..=8).contains(&channels), "--channels must be 1 to 8");
             anyhow::ensure!(speed > 0.0, "--speed must be positive");
-            let buses: Vec<BusSpec> = (0..nodes.div_ceil(247))
-                .map(|b| BusSpec {
-                    name: format!("bench-{b}"),
-                    kind: BusKind::ModbusTcp {
-                        listen: "127.0.0.1:0".parse().expect("address"),
-                        per_node: false,
-                    },
-                })
-                .collect();
+            let buses = bench_buses(nodes);
             let fleet = Arc::new(Fleet::build(
                 &bench_fleet_with(nodes, channels, &buses),
                 SimClock::new(
