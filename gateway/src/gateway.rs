@@ -124,14 +124,10 @@ impl Gateway {
                 Arc::clone(&metrics),
             )));
         }
+        // The caller shows a first run's one-time password (`first_run_secret`); it is not
+        // logged, so it does not linger in log files.
         let (users, first_run_secret) =
             Users::open(&config.gateway.data_dir.join("users.sqlite")).context("user store")?;
-        if let Some(secret) = &first_run_secret {
-            tracing::warn!(
-                "first run: created user `admin` with one-time password {secret} — log in \
-                 (POST /api/login) and replace it; it is not shown again"
-            );
-        }
         let api = crate::http::ApiState {
             metrics: Arc::clone(&metrics),
             engine: shared_engine,
