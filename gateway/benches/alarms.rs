@@ -104,7 +104,7 @@ fn main() {
         let mut next = started;
         let mut cursor = 0usize;
         for k in 0..total {
-            let now_ms = tianzhong_gateway::sources::modbus::bus::unix_ms();
+            let now_ms = tianzhong_gateway::pipeline::unix_ms();
             let mut batch = Vec::with_capacity(BATCH);
             for _ in 0..BATCH {
                 let n = cursor % NODES;

@@ -169,12 +169,7 @@ impl Users {
         self.conn.execute(
             "INSERT INTO user (name, role, password, created_ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(name) DO UPDATE SET role = excluded.role, password = excluded.password",
-            params![
-                name,
-                role.key(),
-                hash,
-                crate::sources::modbus::bus::unix_ms() as i64
-            ],
+            params![name, role.key(), hash, crate::pipeline::unix_ms() as i64],
         )?;
         Ok(())
     }
@@ -208,11 +203,7 @@ impl Users {
         let token = random_hex(32)?;
         self.conn.execute(
             "INSERT INTO token (hash, user, created_ms) VALUES (?1, ?2, ?3)",
-            params![
-                token_hash(&token),
-                name,
-                crate::sources::modbus::bus::unix_ms() as i64
-            ],
+            params![token_hash(&token), name, crate::pipeline::unix_ms() as i64],
         )?;
         Ok(Some((token, role)))
     }
@@ -244,7 +235,7 @@ impl Users {
             "INSERT INTO audit (at_ms, user, action, target, old, new, reason)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
-                crate::sources::modbus::bus::unix_ms() as i64,
+                crate::pipeline::unix_ms() as i64,
                 user,
                 action,
                 target,

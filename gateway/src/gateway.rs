@@ -89,12 +89,6 @@ impl Gateway {
         }
 
         if let Some(store) = &config.local_store {
-            std::fs::create_dir_all(&config.gateway.data_dir).with_context(|| {
-                format!(
-                    "creating data directory {}",
-                    config.gateway.data_dir.display()
-                )
-            })?;
             let path = config.gateway.data_dir.join(local_store::FILE_NAME);
             let rx = ingest.add_sink(local_store::SINK, queue);
             sinks.push(tokio::spawn(local_store::run(

@@ -210,7 +210,7 @@ async fn alarm_action(
             "alarms are disabled in this gateway's configuration",
         );
     };
-    let now = crate::sources::modbus::bus::unix_ms();
+    let now = crate::pipeline::unix_ms();
     let result = {
         let mut engine = engine.lock().unwrap_or_else(|e| e.into_inner());
         if shelve {

@@ -14,7 +14,7 @@ use tianzhong_protocol::registers::{RegisterMap, RegisterTable};
 use tianzhong_protocol::{NodeId, Quantity, SiteId};
 
 use crate::config::{Config, Device, DeviceKind, Link};
-use crate::sources::modbus::bus::unix_ms;
+use crate::pipeline::unix_ms;
 use crate::sources::modbus::device::{Block, PolledDevice};
 use crate::sources::modbus::link::{BusLink, ReadResult};
 use crate::sources::modbus::plan::{PlanConfig, ReadRequest};

@@ -32,8 +32,14 @@ use std::time::Duration;
 
 use crate::alarm::{AlarmEngine, AlarmEvent, AlarmEvents, AlarmState};
 use crate::metrics::Metrics;
-use crate::sources::modbus::bus::unix_ms;
 use crate::transforms::Transforms;
+
+/// The gateway's clock: Unix time in ms, as records and transitions are stamped.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// A reading on its way through the gateway.
 #[derive(Clone, Debug, PartialEq)]
@@ -175,20 +181,10 @@ impl Ingest {
                     self.metrics.readings_forwarded.inc_by(batch.len() as u64);
                     let alarms = self.evaluate(&batch);
                     self.send(Output::Readings(batch.into())).await;
-                    if !alarms.is_empty() {
-                        self.send(Output::Alarms(alarms.into())).await;
-                    }
+                    self.publish_alarms(alarms).await;
                 }
                 Event::Status(status) => self.send(Output::Status(Arc::new(status))).await,
-                Event::Alarms(events) => {
-                    self.metrics.alarm_transitions(&events);
-                    for e in &events {
-                        let _ = self.live.send(Arc::new(e.clone()));
-                    }
-                    if !events.is_empty() {
-                        self.send(Output::Alarms(events.into())).await;
-                    }
-                }
+                Event::Alarms(events) => self.publish_alarms(events).await,
             }
         }
     }
@@ -211,12 +207,19 @@ impl Ingest {
                 });
             }
         }
-        drop(engine);
-        self.metrics.alarm_transitions(&out);
-        for e in &out {
+        out
+    }
+
+    /// Counts transitions, tells live subscribers and hands them to every sink.
+    async fn publish_alarms(&self, events: Vec<AlarmEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        self.metrics.alarm_transitions(&events);
+        for e in &events {
             let _ = self.live.send(Arc::new(e.clone()));
         }
-        out
+        self.send(Output::Alarms(events.into())).await;
     }
 
     async fn tick(&mut self) {
@@ -224,13 +227,7 @@ impl Ingest {
             return;
         };
         self.metrics.alarms_active(&active);
-        self.metrics.alarm_transitions(&events);
-        for e in &events {
-            let _ = self.live.send(Arc::new(e.clone()));
-        }
-        if !events.is_empty() {
-            self.send(Output::Alarms(events.into())).await;
-        }
+        self.publish_alarms(events).await;
     }
 
     /// The engine's time-driven transitions, and the annunciated alarms per level. Not async:

@@ -178,8 +178,8 @@ pub async fn run(
                 insert_alarms(&mut conn, a)?;
             }
             if prune {
-                let cutoff = super::super::sources::modbus::bus::unix_ms()
-                    .saturating_sub(retention.as_millis() as u64);
+                let cutoff =
+                    crate::pipeline::unix_ms().saturating_sub(retention.as_millis() as u64);
                 conn.execute("DELETE FROM reading WHERE ts_ms < ?1", [cutoff as i64])?;
             }
             Ok::<_, rusqlite::Error>((conn, n))

@@ -34,8 +34,8 @@ use tracing::{info, warn};
 
 use crate::config::MqttSource;
 use crate::metrics::{KindLabels, Metrics};
+use crate::pipeline::unix_ms;
 use crate::pipeline::{Event, EventSender, Record, StatusEvent};
-use crate::sources::modbus::bus::unix_ms;
 
 /// Splits `host:port`.
 pub fn host_port(address: &str) -> Result<(String, u16), String> {

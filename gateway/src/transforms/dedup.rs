@@ -10,6 +10,7 @@
 //! Memory is one entry per channel seen: the bitmap is `window / 64` words.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use tianzhong_protocol::NodeId;
 use tianzhong_protocol::reading::ChannelId;
@@ -49,16 +50,15 @@ impl Dedup {
         let words = self.words();
         let window = self.window;
         let key = (r.reading.node.clone(), r.reading.channel);
-        let w = self.channels.entry(key).or_insert_with(|| Window {
-            highest: seq,
-            seen: vec![0; words].into_boxed_slice(),
-        });
-        if w.seen.iter().all(|x| *x == 0) {
-            // First sight of the channel.
-            w.highest = seq;
-            w.seen[0] = 1;
-            return true;
-        }
+        let w = match self.channels.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let mut seen = vec![0; words].into_boxed_slice();
+                seen[0] = 1;
+                e.insert(Window { highest: seq, seen });
+                return true;
+            }
+        };
         if seq > w.highest {
             let shift = seq - w.highest;
             shift_left(&mut w.seen, shift);

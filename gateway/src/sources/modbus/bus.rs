@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tianzhong_protocol::payload::{NodeStatus, PAYLOAD_VERSION};
 use tokio::sync::watch;
@@ -14,14 +14,7 @@ use super::plan::{PlanConfig, SplitOutcome};
 use super::scheduler::{BusScheduler, DeviceId, Disposition, Next, SchedulerConfig};
 use crate::config::{Bus, Config};
 use crate::metrics::Metrics;
-use crate::pipeline::{Event, EventSender, StatusEvent};
-
-/// Unix time in ms.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::pipeline::{Event, EventSender, StatusEvent, unix_ms};
 
 /// One bus, ready to run.
 pub struct BusTask {
