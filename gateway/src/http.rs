@@ -507,6 +507,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/alarms/shelve", post(shelve))
         .route("/api/users", post(add_user))
         .route("/api/audit", get(audit))
+        .merge(crate::console::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

@@ -10,11 +10,13 @@
 //! | [`sources`] | southbound: Modbus buses (planning, scheduling, polling) and the MQTT source |
 //! | [`transforms`] | timestamps, calibration, range validation, de-duplication |
 //! | [`alarm`] | the alarm engine: rules, ISA-18.2 life cycle, shipped defaults |
+//! | [`thresholds`] | threshold rules changed at run time: validated, versioned, saved, audited |
 //! | [`sinks`] | northbound: InfluxDB, upstream MQTT, the local store |
 //! | [`outbox`] | the durable outbox: batches on disk until every sink confirmed them |
 //! | [`metrics`] | Prometheus metrics |
 //! | [`auth`] | users, roles (viewer, operator, engineer, admin), Argon2 passwords, API tokens, the audit trail |
 //! | [`http`] | `/metrics`, `/healthz` and the API: alarms (list, live stream, acknowledge, shelve), login, users, audit |
+//! | [`console`] | the operator console (single-page app embedded in the binary), served at `/` and `/console/…` |
 //! | [`gateway`] | assembling and running a gateway from its configuration |
 //! | [`probe`] | reading one device from the command line |
 //! | [`demo`] | broker, simulated fleet and gateway in one process |
@@ -22,6 +24,7 @@
 pub mod alarm;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod gateway;
 pub mod http;
@@ -31,4 +34,5 @@ pub mod pipeline;
 pub mod probe;
 pub mod sinks;
 pub mod sources;
+pub mod thresholds;
 pub mod transforms;

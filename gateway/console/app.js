@@ -1,0 +1,1587 @@
+// The operator console: login, overview, alarms, threshold rules and node pages, kept live by
+// the gateway's event stream. Views are hash routes: #/overview, #/alarms, #/rules, #/node/{id}.
+
+import { h, replace, byTestId, idPart } from './dom.js';
+import { t, lang, setLang, onLangChange, translateStatic, label, locale } from './i18n.js';
+import * as api from './api.js';
+import { follow } from './stream.js';
+import { trendChart } from './chart.js';
+
+// ---------------------------------------------------------------------------------------------
+// Vocabulary
+
+const LEVELS = ['normal', 'blue', 'yellow', 'orange', 'red'];
+const ALARM_LEVELS = ['blue', 'yellow', 'orange', 'red'];
+/** China's four warning colours (IV blue … I red). */
+const LEVEL_COLOURS = { blue: '#0070C0', yellow: '#FFD200', orange: '#FF7F00', red: '#E60012' };
+const STATES = [
+  'active_unacked',
+  'active_acked',
+  'cleared_unacked',
+  'latched_unacked',
+  'latched_acked',
+  'shelved',
+  'out_of_service',
+];
+/** States an operator may acknowledge. */
+const ACKABLE = new Set(['active_unacked', 'cleared_unacked', 'latched_unacked']);
+/** States an operator may shelve. */
+const SHELVABLE = new Set([
+  'active_unacked',
+  'active_acked',
+  'cleared_unacked',
+  'latched_unacked',
+  'latched_acked',
+]);
+/** States that are annunciated (count towards a channel's colour). */
+const ANNUNCIATED = new Set(STATES.filter((st) => st !== 'shelved' && st !== 'out_of_service'));
+const TREND_HOURS = [1, 6, 24, 72, 168];
+
+const levelRank = (l) => Math.max(0, LEVELS.indexOf(l));
+const alarmKey = (a) => `${a.node}/${a.ch}/${a.condition}`;
+
+// ---------------------------------------------------------------------------------------------
+// State
+
+const state = {
+  me: null,
+  gateway: '',
+  sites: [],
+  nodes: new Map(),
+  alarms: new Map(),
+  /** Value and time of each alarm's last transition seen live, by alarm key. */
+  alarmLive: new Map(),
+  rules: null,
+  history: null,
+  filters: { state: '', level: '', node: '' },
+  route: { view: '', node: '' },
+  trend: { ch: null, hours: 6, data: null, node: '' },
+  editing: null,
+  stopStream: null,
+  timers: [],
+};
+
+// ---------------------------------------------------------------------------------------------
+// Formatting
+
+function fmtNumber(v, digits = 2) {
+  if (v === null || v === undefined || !Number.isFinite(Number(v))) return t('common.none');
+  return new Intl.NumberFormat(locale(), { maximumFractionDigits: digits }).format(Number(v));
+}
+
+function fmtTime(ms) {
+  if (!ms) return t('common.never');
+  return new Intl.DateTimeFormat(locale(), {
+    year: 'numeric',
+    month: '2-digit',
+    day: '2-digit',
+    hour: '2-digit',
+    minute: '2-digit',
+    second: '2-digit',
+  }).format(ms);
+}
+
+function fmtAge(ms) {
+  if (!ms) return t('common.never');
+  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  if (s < 90) return t('age.s', { n: s });
+  if (s < 90 * 60) return t('age.min', { n: Math.round(s / 60) });
+  if (s < 36 * 3600) return t('age.h', { n: Math.round(s / 3600) });
+  return t('age.d', { n: Math.round(s / 86400) });
+}
+
+/** An element showing how long ago `ms` was, refreshed every second. */
+function age(ms, testid) {
+  return h('span', {
+    class: 'age',
+    'data-testid': testid,
+    'data-age-ms': ms || '',
+    title: ms ? fmtTime(ms) : '',
+    text: fmtAge(ms),
+  });
+}
+
+function refreshAges() {
+  for (const el of document.querySelectorAll('[data-age-ms]')) {
+    const ms = Number(el.dataset.ageMs);
+    el.textContent = fmtAge(ms);
+  }
+}
+
+function levelBadge(level, testid) {
+  const l = LEVELS.includes(level) ? level : 'normal';
+  return h('span', {
+    class: `badge level-${l}`,
+    'data-testid': testid,
+    'data-level': l,
+    text: t(`level.${l}`),
+  });
+}
+
+function qualityText(q) {
+  if (!q) return t('common.none');
+  const key = String(q).toLowerCase();
+  if (t(`quality.${key}`) !== `quality.${key}`) return t(`quality.${key}`);
+  const cls = key.split(/[:\s_]/)[0];
+  const word = t(`quality.${cls}`);
+  return word === `quality.${cls}` ? q : `${word} (${q})`;
+}
+
+function qualityClass(q) {
+  const cls = String(q || '').toLowerCase().split(/[:\s_]/)[0];
+  return ['good', 'uncertain', 'bad'].includes(cls) ? `quality-${cls}` : '';
+}
+
+function channelOf(node, ch) {
+  const n = state.nodes.get(node);
+  return n && Array.isArray(n.channels) ? n.channels.find((c) => Number(c.ch) === Number(ch)) : undefined;
+}
+
+function channelName(node, ch) {
+  const c = channelOf(node, ch);
+  return c ? `${ch} · ${label(c, c.quantity)}` : String(ch);
+}
+
+function alarmName(a) {
+  return `${a.node} / ${channelName(a.node, a.ch)} / ${t(`condition.${a.condition}`)}`;
+}
+
+function roleName(role) {
+  return t(`role.${role}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Toasts and errors
+
+let toastTimer = null;
+
+function toast(message, kind = 'info') {
+  const el = byTestId('toast');
+  el.textContent = message;
+  el.className = `toast ${kind}`;
+  el.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => {
+    el.hidden = true;
+  }, kind === 'error' ? 10000 : 5000);
+}
+
+function errorText(e) {
+  if (e instanceof api.ApiError) {
+    if (e.status === 0) return t('error.network', { msg: e.message });
+    return t('error.http', { status: e.status, msg: e.message });
+  }
+  return String(e && e.message ? e.message : e);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session
+
+function showLogin(message) {
+  stopLive();
+  state.me = null;
+  byTestId('view').hidden = true;
+  byTestId('nav').hidden = true;
+  byTestId('session').hidden = true;
+  byTestId('logout').hidden = true;
+  byTestId('stream-status').hidden = true;
+  byTestId('login-view').hidden = false;
+  const err = byTestId('login-error');
+  err.hidden = !message;
+  err.textContent = message || '';
+  const user = byTestId('login-user');
+  setTimeout(() => user.focus(), 0);
+}
+
+async function submitLogin(event) {
+  event.preventDefault();
+  const form = byTestId('login-form');
+  const user = form.elements.user.value.trim();
+  const password = form.elements.password.value;
+  const button = byTestId('login-submit');
+  const err = byTestId('login-error');
+  err.hidden = true;
+  button.disabled = true;
+  button.textContent = t('login.busy');
+  try {
+    const r = await api.post('/api/login', { user, password });
+    api.setToken(r.token);
+    form.elements.password.value = '';
+    await startSession({ user, role: r.role });
+  } catch (e) {
+    err.textContent = errorText(e);
+    err.hidden = false;
+  } finally {
+    button.disabled = false;
+    button.textContent = t('login.submit');
+  }
+}
+
+/** Who is signed in: GET /api/me, or what the login said when the gateway has no /api/me. */
+async function whoAmI(fallback) {
+  try {
+    const me = await api.get('/api/me');
+    return { ...fallback, ...me };
+  } catch (e) {
+    if (e instanceof api.ApiError && e.status === 404 && fallback) return fallback;
+    throw e;
+  }
+}
+
+async function startSession(fromLogin) {
+  const me = await whoAmI(fromLogin || rememberedMe());
+  if (!me || !me.role) throw new api.ApiError(401, t('error.session'));
+  state.me = me;
+  try {
+    sessionStorage.setItem('tianzhong.console.me', JSON.stringify({ user: me.user, role: me.role }));
+  } catch (_) {
+    // Only a fallback for gateways without /api/me.
+  }
+  if (me.gateway) state.gateway = me.gateway;
+  byTestId('login-view').hidden = true;
+  byTestId('view').hidden = false;
+  byTestId('nav').hidden = false;
+  byTestId('session').hidden = false;
+  byTestId('logout').hidden = false;
+  byTestId('stream-status').hidden = false;
+  renderHeader();
+  await Promise.allSettled([loadNodes(), loadAlarms()]);
+  startLive();
+  if (!location.hash || location.hash === '#' || location.hash === '#/') {
+    location.hash = '#/overview';
+  } else {
+    route();
+  }
+}
+
+function rememberedMe() {
+  try {
+    return JSON.parse(sessionStorage.getItem('tianzhong.console.me') || 'null');
+  } catch (_) {
+    return null;
+  }
+}
+
+function logout() {
+  api.setToken(null);
+  try {
+    sessionStorage.removeItem('tianzhong.console.me');
+  } catch (_) {
+    // Nothing remembered.
+  }
+  state.nodes = new Map();
+  state.alarms = new Map();
+  state.alarmLive = new Map();
+  state.rules = null;
+  state.history = null;
+  state.editing = null;
+  replace(byTestId('view'));
+  showLogin();
+}
+
+function renderHeader() {
+  byTestId('gateway-name').textContent = state.gateway;
+  if (state.me) {
+    byTestId('current-user').textContent = state.me.user || '';
+    const role = byTestId('current-role');
+    role.textContent = roleName(state.me.role);
+    role.dataset.role = state.me.role;
+  }
+  const n = [...state.alarms.values()].filter((a) => ACKABLE.has(a.state)).length;
+  const count = byTestId('alarm-count');
+  count.textContent = n ? String(n) : '';
+  count.hidden = !n;
+  const top = [...state.alarms.values()]
+    .filter((a) => ACKABLE.has(a.state))
+    .reduce((m, a) => (levelRank(a.level) > levelRank(m) ? a.level : m), 'normal');
+  count.className = `count level-${top}`;
+  for (const a of document.querySelectorAll('nav.tabs a')) {
+    a.classList.toggle('active', a.dataset.route === state.route.view);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data
+
+function setNodes(reply) {
+  const sites = Array.isArray(reply && reply.sites) ? reply.sites : [];
+  state.sites = sites.map((s) => s.site);
+  const nodes = new Map();
+  for (const s of sites) {
+    for (const n of s.nodes || []) nodes.set(n.node, { ...n, site: n.site || s.site });
+  }
+  state.nodes = nodes;
+  if (reply && reply.gateway) state.gateway = reply.gateway;
+}
+
+async function loadNodes() {
+  try {
+    setNodes(await api.get('/api/nodes'));
+  } catch (e) {
+    if (!(e instanceof api.ApiError && e.status === 401)) toast(errorText(e), 'error');
+  }
+}
+
+async function loadAlarms() {
+  try {
+    const r = await api.get('/api/alarms');
+    const alarms = new Map();
+    for (const a of r.alarms || []) alarms.set(alarmKey(a), a);
+    state.alarms = alarms;
+    recomputeLevels();
+  } catch (e) {
+    if (!(e instanceof api.ApiError && e.status === 401)) toast(errorText(e), 'error');
+  }
+}
+
+async function loadRules() {
+  const [rules, history] = await Promise.allSettled([
+    api.get('/api/rules'),
+    api.get('/api/rules/history'),
+  ]);
+  if (rules.status === 'fulfilled') state.rules = rules.value;
+  else throw rules.reason;
+  state.history = history.status === 'fulfilled' ? history.value : { error: history.reason };
+}
+
+/** Channel and node colours from the alarms known now. */
+function recomputeLevels() {
+  const byChannel = new Map();
+  for (const a of state.alarms.values()) {
+    if (!ANNUNCIATED.has(a.state)) continue;
+    const k = `${a.node}/${a.ch}`;
+    if (levelRank(a.level) > levelRank(byChannel.get(k))) byChannel.set(k, a.level);
+  }
+  for (const n of state.nodes.values()) {
+    let top = 'normal';
+    for (const c of n.channels || []) {
+      c.level = byChannel.get(`${n.node}/${c.ch}`) || 'normal';
+      if (levelRank(c.level) > levelRank(top)) top = c.level;
+    }
+    n.level = top;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Live updates
+
+function setStreamStatus(status, detail) {
+  const el = byTestId('stream-status');
+  el.dataset.status = status;
+  el.className = `stream stream-${status}`;
+  el.textContent =
+    status === 'live'
+      ? t('stream.live')
+      : status === 'retry'
+        ? t('stream.retry', { s: detail })
+        : status === 'connecting'
+          ? t('stream.connecting')
+          : t('stream.off');
+  el.dataset.detail = detail ?? '';
+}
+
+let reconcileTimer = null;
+
+/** Fetches the alarm list again a little later (several transitions arrive together). */
+function reconcileSoon(delay = 1500) {
+  clearTimeout(reconcileTimer);
+  reconcileTimer = setTimeout(async () => {
+    await loadAlarms();
+    alarmsChanged();
+  }, delay);
+}
+
+function startLive() {
+  stopLive();
+  let first = true;
+  state.stopStream = follow(['/api/stream', '/api/alarms/stream'], {
+    onEvent: handleEvent,
+    onStatus: (status, detail) => {
+      if (status === 'unauthorized') {
+        logout();
+        showLogin(t('error.session'));
+        return;
+      }
+      setStreamStatus(status, detail);
+    },
+    onOpen: () => {
+      // After a reconnect, catch up with what happened while away.
+      if (!first) {
+        loadNodes().then(() => {
+          recomputeLevels();
+          dataChanged();
+        });
+        reconcileSoon(0);
+      }
+      first = false;
+    },
+  });
+  state.timers.push(setInterval(refreshAges, 1000));
+  state.timers.push(
+    setInterval(async () => {
+      await Promise.allSettled([loadNodes(), loadAlarms()]);
+      dataChanged();
+    }, 30000),
+  );
+}
+
+function stopLive() {
+  if (state.stopStream) state.stopStream();
+  state.stopStream = null;
+  for (const timer of state.timers) clearInterval(timer);
+  state.timers = [];
+  clearTimeout(reconcileTimer);
+}
+
+function handleEvent(e) {
+  let data;
+  try {
+    data = JSON.parse(e.data);
+  } catch (_) {
+    return;
+  }
+  if (e.type === 'readings') onReadings(Array.isArray(data) ? data : [data]);
+  else if (e.type === 'alarm') onAlarm(data);
+  else if (e.type === 'lagged') {
+    loadNodes().then(dataChanged);
+    reconcileSoon(0);
+  }
+}
+
+function onReadings(readings) {
+  let unknown = false;
+  for (const r of readings) {
+    const n = state.nodes.get(r.node);
+    const c = n && (n.channels || []).find((x) => Number(x.ch) === Number(r.ch));
+    if (!c) {
+      unknown = true;
+      continue;
+    }
+    if (c.ts && r.ts < c.ts) continue;
+    Object.assign(c, { value: r.value, quality: r.quality, ts: r.ts, seq: r.seq });
+    if (r.unit) c.unit = r.unit;
+    if (!n.last_seen || r.ts > n.last_seen) n.last_seen = r.ts;
+    patchChannel(n, c);
+    if (state.route.view === 'node' && state.route.node === r.node) liveTrendPoint(r);
+  }
+  if (unknown) refreshNodesSoon();
+}
+
+let nodesTimer = null;
+
+/** A reading from a node or channel not known yet: the list of nodes is fetched again. */
+function refreshNodesSoon() {
+  if (nodesTimer) return;
+  nodesTimer = setTimeout(async () => {
+    nodesTimer = null;
+    await loadNodes();
+    recomputeLevels();
+    dataChanged();
+  }, 2000);
+}
+
+function onAlarm(ev) {
+  if (!ev || !ev.node) return;
+  const key = alarmKey(ev);
+  state.alarmLive.set(key, { value: ev.value, at: ev.at, user: ev.user, comment: ev.comment });
+  if (ev.state === 'normal') {
+    state.alarms.delete(key);
+  } else {
+    state.alarms.set(key, {
+      node: ev.node,
+      ch: ev.ch,
+      condition: ev.condition,
+      state: ev.state,
+      level: ev.level,
+      side: ev.side ?? null,
+      shelved_until: ev.until ?? null,
+    });
+  }
+  recomputeLevels();
+  alarmsChanged();
+  reconcileSoon();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing
+
+function parseRoute() {
+  const hash = decodeURIComponent(location.hash.replace(/^#\/?/, ''));
+  const [view, ...rest] = hash.split('/');
+  if (view === 'node' && rest.length) return { view: 'node', node: rest.join('/') };
+  if (['overview', 'alarms', 'rules'].includes(view)) return { view, node: '' };
+  return { view: 'overview', node: '' };
+}
+
+function route() {
+  if (!state.me) return;
+  const r = parseRoute();
+  const changed = r.view !== state.route.view || r.node !== state.route.node;
+  state.route = r;
+  if (changed && r.view === 'node' && state.trend.node !== r.node) {
+    state.trend = { ch: null, hours: state.trend.hours, data: null, node: r.node };
+  }
+  renderHeader();
+  renderView();
+}
+
+function renderView() {
+  const view = byTestId('view');
+  view.dataset.view = state.route.view;
+  switch (state.route.view) {
+    case 'alarms':
+      return renderAlarmsView(view);
+    case 'rules':
+      return renderRulesView(view);
+    case 'node':
+      return renderNodeView(view);
+    default:
+      return renderOverview(view);
+  }
+}
+
+/** Values, nodes or alarms changed: views that show them are drawn again. */
+function dataChanged() {
+  renderHeader();
+  if (state.route.view === 'overview') renderOverview(byTestId('view'));
+  else if (state.route.view === 'alarms') fillAlarmTable();
+  else if (state.route.view === 'node') fillNodeDetails();
+}
+
+function alarmsChanged() {
+  dataChanged();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overview
+
+function channelRow(n, c) {
+  const id = idPart(n.node, c.ch);
+  return h(
+    'tr',
+    { class: `level-row-${c.level || 'normal'}`, 'data-testid': `channel-${id}` },
+    h('td', { class: 'num', text: c.ch }),
+    h('td', { 'data-testid': `label-${id}`, text: label(c, c.quantity) }),
+    h('td', { class: 'num value', 'data-testid': `value-${id}`, text: fmtNumber(c.value) }),
+    h('td', { class: 'unit', text: c.unit || '' }),
+    h('td', {
+      class: qualityClass(c.quality),
+      'data-testid': `quality-${id}`,
+      text: qualityText(c.quality),
+    }),
+    h('td', {}, levelBadge(c.level, `level-${id}`)),
+    h('td', {}, age(c.ts, `ts-${id}`)),
+  );
+}
+
+function channelTable(n) {
+  return h(
+    'table',
+    { class: 'channels' },
+    h(
+      'thead',
+      {},
+      h(
+        'tr',
+        {},
+        ['channel.ch', 'channel.quantity', 'channel.value', 'channel.unit', 'channel.quality', 'channel.level', 'channel.time'].map(
+          (k) => h('th', { text: t(k) }),
+        ),
+      ),
+    ),
+    h('tbody', {}, (n.channels || []).map((c) => channelRow(n, c))),
+  );
+}
+
+/** Updates one channel's cells in place (live readings arrive many times a second). */
+function patchChannel(n, c) {
+  const id = idPart(n.node, c.ch);
+  const value = byTestId(`value-${id}`);
+  if (value) {
+    value.textContent = fmtNumber(c.value);
+    value.classList.remove('flash');
+    // Restart the highlight animation.
+    void value.offsetWidth;
+    value.classList.add('flash');
+  }
+  const q = byTestId(`quality-${id}`);
+  if (q) {
+    q.textContent = qualityText(c.quality);
+    q.className = qualityClass(c.quality);
+  }
+  const ts = byTestId(`ts-${id}`);
+  if (ts) {
+    ts.dataset.ageMs = c.ts || '';
+    ts.textContent = fmtAge(c.ts);
+    ts.title = c.ts ? fmtTime(c.ts) : '';
+  }
+  const seen = byTestId(`last-seen-${idPart(n.node)}`);
+  if (seen) {
+    seen.dataset.ageMs = n.last_seen || '';
+    seen.textContent = fmtAge(n.last_seen);
+    seen.title = n.last_seen ? fmtTime(n.last_seen) : '';
+  }
+}
+
+function nodeCard(n) {
+  const id = idPart(n.node);
+  return h(
+    'article',
+    { class: `panel node-card level-border-${n.level || 'normal'}`, 'data-testid': `node-card-${id}` },
+    h(
+      'header',
+      {},
+      h('a', {
+        href: `#/node/${encodeURIComponent(n.node)}`,
+        class: 'node-link',
+        'data-testid': `node-link-${id}`,
+        title: t('overview.open_node', { node: n.node }),
+        text: n.node,
+      }),
+      n.group ? h('span', { class: 'tag', text: `${t('overview.group')}: ${n.group}` }) : null,
+      h('span', { class: 'tag', text: t(`source.${n.source}`) }),
+      levelBadge(n.level, `node-level-${id}`),
+      h(
+        'span',
+        { class: 'seen' },
+        `${t('overview.last_seen')}: `,
+        age(n.last_seen, `last-seen-${id}`),
+      ),
+      n.health && n.health.quarantined ? h('span', { class: 'tag warn', text: t('node.quarantined') }) : null,
+    ),
+    channelTable(n),
+  );
+}
+
+function renderOverview(view) {
+  const bySite = new Map();
+  for (const n of state.nodes.values()) {
+    if (!bySite.has(n.site)) bySite.set(n.site, []);
+    bySite.get(n.site).push(n);
+  }
+  const sites = [...bySite.keys()].sort();
+  replace(
+    view,
+    h(
+      'div',
+      { 'data-testid': 'overview', class: 'overview' },
+      h('h1', { text: t('overview.title') }),
+      sites.length ? null : h('p', { class: 'empty', text: t('overview.empty') }),
+      sites.map((site) =>
+        h(
+          'section',
+          { class: 'site', 'data-testid': `site-${idPart(site)}` },
+          h('h2', { text: t('overview.site', { site }) }),
+          h(
+            'div',
+            { class: 'node-grid' },
+            bySite
+              .get(site)
+              .sort((a, b) => levelRank(b.level) - levelRank(a.level) || a.node.localeCompare(b.node))
+              .map(nodeCard),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alarms
+
+function filterSelect(name, options) {
+  return h(
+    'label',
+    {},
+    h('span', { text: t(`alarms.filter.${name}`) }),
+    h(
+      'select',
+      {
+        'data-testid': `filter-${name}`,
+        onchange: (e) => {
+          state.filters[name] = e.target.value;
+          fillAlarmTable();
+        },
+      },
+      options.map(([value, text]) => h('option', { value, selected: state.filters[name] === value, text })),
+    ),
+  );
+}
+
+function renderAlarmsView(view) {
+  const nodes = [...new Set([...state.nodes.keys(), ...[...state.alarms.values()].map((a) => a.node)])].sort();
+  replace(
+    view,
+    h(
+      'div',
+      { class: 'alarms-view' },
+      h('h1', { text: t('alarms.title') }),
+      h(
+        'div',
+        { class: 'filters panel', 'data-testid': 'alarm-filters' },
+        filterSelect('state', [['', t('common.all')], ...STATES.map((st) => [st, t(`state.${st}`)])]),
+        filterSelect('level', [['', t('common.any')], ...ALARM_LEVELS.map((l) => [l, t(`level.${l}`)])]),
+        filterSelect('node', [['', t('common.all')], ...nodes.map((n) => [n, n])]),
+        h('span', { class: 'muted', 'data-testid': 'alarm-total' }),
+      ),
+      h('div', { 'data-testid': 'alarm-list-holder' }),
+    ),
+  );
+  fillAlarmTable();
+}
+
+function sortedAlarms(filter = () => true) {
+  return [...state.alarms.values()]
+    .filter(filter)
+    .sort(
+      (a, b) =>
+        Number(ACKABLE.has(b.state)) - Number(ACKABLE.has(a.state)) ||
+        levelRank(b.level) - levelRank(a.level) ||
+        a.node.localeCompare(b.node) ||
+        a.ch - b.ch ||
+        a.condition.localeCompare(b.condition),
+    );
+}
+
+function actionButton(kind, a) {
+  const role = state.me ? state.me.role : 'viewer';
+  let why = '';
+  if (!api.atLeast(role, 'operator')) why = t('alarms.need_operator', { role: roleName(role) });
+  else if (kind === 'ack' && !ACKABLE.has(a.state)) why = t('alarms.cannot_ack', { state: t(`state.${a.state}`) });
+  else if (kind === 'shelve' && !SHELVABLE.has(a.state)) {
+    why = t('alarms.cannot_shelve', { state: t(`state.${a.state}`) });
+  }
+  const button = h('button', {
+    type: 'button',
+    class: kind === 'ack' ? 'primary small' : 'small',
+    'data-testid': `${kind}-${idPart(a.node, a.ch, a.condition)}`,
+    disabled: Boolean(why),
+    title: why || null,
+    'aria-disabled': why ? 'true' : null,
+    text: t(kind === 'ack' ? 'alarms.ack' : 'alarms.shelve'),
+    onclick: () => openActionDialog(kind, a),
+  });
+  // A disabled button gets no pointer events in some browsers: the wrapper shows the reason.
+  return h('span', { class: 'tip', title: why || null }, button);
+}
+
+function alarmTable(list, testid) {
+  if (!list.length) return h('p', { class: 'empty', 'data-testid': `${testid}-empty`, text: t('alarms.empty') });
+  return h(
+    'table',
+    { class: 'alarms', 'data-testid': testid },
+    h(
+      'thead',
+      {},
+      h(
+        'tr',
+        {},
+        ['level', 'node', 'channel', 'condition', 'state', 'value', 'since', 'actions'].map((k) =>
+          h('th', { text: t(`alarms.col.${k}`) }),
+        ),
+      ),
+    ),
+    h(
+      'tbody',
+      {},
+      list.map((a) => {
+        const live = state.alarmLive.get(alarmKey(a));
+        const c = channelOf(a.node, a.ch);
+        const value = live && live.value !== undefined && live.value !== null ? live.value : c && c.value;
+        return h(
+          'tr',
+          {
+            class: `alarm-row level-row-${a.level} ${ACKABLE.has(a.state) ? 'unacked' : ''}`,
+            'data-testid': `alarm-row-${idPart(a.node, a.ch, a.condition)}`,
+            'data-level': a.level,
+            'data-state': a.state,
+          },
+          h('td', {}, levelBadge(a.level)),
+          h(
+            'td',
+            {},
+            h('a', { href: `#/node/${encodeURIComponent(a.node)}`, text: a.node }),
+          ),
+          h('td', { text: channelName(a.node, a.ch) }),
+          h('td', {
+            text: `${t(`condition.${a.condition}`)}${a.side ? ` (${t(`side.${a.side}`)})` : ''}`,
+          }),
+          h(
+            'td',
+            { 'data-testid': `alarm-state-${idPart(a.node, a.ch, a.condition)}` },
+            t(`state.${a.state}`),
+            a.shelved_until ? h('div', { class: 'muted', text: t('alarms.shelved_until', { t: fmtTime(a.shelved_until) }) }) : null,
+          ),
+          h('td', { class: 'num', text: `${fmtNumber(value)} ${(c && c.unit) || ''}` }),
+          h('td', {}, live && live.at ? age(live.at) : t('common.none')),
+          h('td', { class: 'actions' }, actionButton('ack', a), actionButton('shelve', a)),
+        );
+      }),
+    ),
+  );
+}
+
+function fillAlarmTable() {
+  const holder = byTestId('alarm-list-holder');
+  if (!holder) return;
+  const f = state.filters;
+  const list = sortedAlarms(
+    (a) =>
+      (!f.state || a.state === f.state) &&
+      (!f.level || levelRank(a.level) >= levelRank(f.level)) &&
+      (!f.node || a.node === f.node),
+  );
+  replace(holder, alarmTable(list, 'alarm-list'));
+  const total = byTestId('alarm-total');
+  if (total) total.textContent = t('alarms.count', { n: list.length });
+}
+
+// The acknowledge / shelve form.
+
+let actionTarget = null;
+
+function openActionDialog(kind, a) {
+  actionTarget = { kind, alarm: a };
+  const dialog = byTestId('action-dialog');
+  dialog.dataset.kind = kind;
+  byTestId('action-title').textContent = t(kind === 'ack' ? 'action.ack.title' : 'action.shelve.title', {
+    alarm: alarmName(a),
+  });
+  byTestId('action-comment').value = '';
+  byTestId('action-minutes').value = '60';
+  byTestId('action-minutes-field').hidden = kind !== 'shelve';
+  byTestId('action-error').hidden = true;
+  const submit = byTestId('action-submit');
+  submit.disabled = false;
+  submit.textContent = t(kind === 'ack' ? 'action.submit.ack' : 'action.submit.shelve');
+  dialog.showModal();
+  byTestId('action-comment').focus();
+}
+
+async function submitAction(event) {
+  event.preventDefault();
+  if (!actionTarget) return;
+  const { kind, alarm } = actionTarget;
+  const comment = byTestId('action-comment').value.trim();
+  const err = byTestId('action-error');
+  const fail = (message) => {
+    err.textContent = message;
+    err.hidden = false;
+  };
+  if (!comment) return fail(t('action.need_comment'));
+  const body = { node: alarm.node, ch: Number(alarm.ch), condition: alarm.condition, comment };
+  if (kind === 'shelve') {
+    const minutes = Number(byTestId('action-minutes').value);
+    if (!Number.isFinite(minutes) || minutes <= 0) return fail(t('action.need_minutes'));
+    body.minutes = minutes;
+  }
+  const submit = byTestId('action-submit');
+  submit.disabled = true;
+  try {
+    const r = await api.post(kind === 'ack' ? '/api/alarms/ack' : '/api/alarms/shelve', body);
+    byTestId('action-dialog').close();
+    actionTarget = null;
+    if (r && r.node) onAlarm(r);
+    toast(t(kind === 'ack' ? 'action.done.ack' : 'action.done.shelve', { alarm: alarmName(alarm) }), 'ok');
+  } catch (e) {
+    fail(errorText(e));
+  } finally {
+    submit.disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threshold rules
+
+function ruleApplies(rule) {
+  const sel = rule.selector || {};
+  if (sel.node !== undefined && sel.node !== null) return t('rules.selector.node', { node: sel.node, ch: sel.ch });
+  const parts = [];
+  if (sel.quantity) parts.push(t('rules.selector.quantity', { q: quantityLabel(sel.quantity) }));
+  if (sel.site) parts.push(t('rules.selector.site', { site: sel.site }));
+  if (sel.group) parts.push(t('rules.selector.group', { group: sel.group }));
+  return parts.join(', ') || t('rules.selector.everywhere');
+}
+
+/** A quantity's label as some channel of the API gave it, else its key. */
+function quantityLabel(q) {
+  for (const n of state.nodes.values()) {
+    const c = (n.channels || []).find((x) => x.quantity === q);
+    if (c) return label(c, q);
+  }
+  return q;
+}
+
+function setPointsText(side, unit) {
+  if (!side) return t('common.none');
+  const items = ALARM_LEVELS.filter((l) => side[l] !== null && side[l] !== undefined).map((l) =>
+    h('span', { class: `sp level-text-${l}`, title: t(`level.${l}`), text: fmtNumber(side[l], 4) }),
+  );
+  if (!items.length) return t('common.none');
+  return h('span', {}, items, unit ? h('span', { class: 'unit', text: ` ${unit}` }) : null);
+}
+
+function renderRulesView(view) {
+  replace(
+    view,
+    h(
+      'div',
+      { class: 'rules-view' },
+      h('h1', { text: t('rules.title') }),
+      h('p', { class: 'error', 'data-testid': 'rules-error', hidden: true }),
+      h('p', { class: 'ok', 'data-testid': 'rule-message', hidden: true }),
+      h('div', { 'data-testid': 'rules-holder' }, h('p', { class: 'muted', text: t('common.loading') })),
+      h('div', { 'data-testid': 'rule-editor-holder' }),
+      h('h2', { text: t('rules.history') }),
+      h('div', { 'data-testid': 'history-holder' }),
+    ),
+  );
+  if (state.rules) fillRules();
+  reloadRules();
+}
+
+async function reloadRules() {
+  try {
+    await loadRules();
+    if (state.route.view !== 'rules') return;
+    byTestId('rules-error').hidden = true;
+    fillRules();
+  } catch (e) {
+    const err = byTestId('rules-error');
+    if (err) {
+      err.textContent = errorText(e);
+      err.hidden = false;
+    }
+  }
+}
+
+function fillRules() {
+  const holder = byTestId('rules-holder');
+  if (!holder || !state.rules) return;
+  const rules = state.rules.rules || [];
+  const canEdit = api.atLeast(state.me.role, 'engineer');
+  replace(
+    holder,
+    h('p', { class: 'muted', 'data-testid': 'rules-version', 'data-version': state.rules.version, text: t('rules.version', { v: state.rules.version }) }),
+    h(
+      'table',
+      { class: 'rules', 'data-testid': 'rules-table' },
+      h(
+        'thead',
+        {},
+        h(
+          'tr',
+          {},
+          ['name', 'applies', 'high', 'low', 'deadband', 'delays'].map((k) => h('th', { text: t(`rules.col.${k}`) })),
+          h('th', {}),
+        ),
+      ),
+      h(
+        'tbody',
+        {},
+        rules.map((r) =>
+          h(
+            'tr',
+            {
+              'data-testid': `rule-row-${idPart(r.name)}`,
+              'data-name': r.name,
+              class: state.editing && state.editing.name === r.name ? 'selected' : '',
+            },
+            h('td', {}, h('strong', { text: r.name }), r.source ? h('div', { class: 'muted small', text: r.source }) : null),
+            h('td', { text: ruleApplies(r) }),
+            h('td', {}, setPointsText(r.high, r.unit)),
+            h('td', {}, setPointsText(r.low, r.unit)),
+            h('td', { class: 'num', text: fmtNumber(r.deadband, 4) }),
+            h('td', { class: 'num', text: `${fmtNumber(r.on_delay_s, 1)} / ${fmtNumber(r.off_delay_s, 1)}` }),
+            h(
+              'td',
+              {},
+              h('button', {
+                type: 'button',
+                class: 'small',
+                'data-testid': `rule-edit-${idPart(r.name)}`,
+                text: canEdit ? t('rules.edit') : t('rules.view'),
+                onclick: () => openRuleEditor(r.name),
+              }),
+            ),
+          ),
+        ),
+      ),
+    ),
+  );
+  fillHistory();
+  if (state.editing) fillRuleEditor();
+}
+
+function openRuleEditor(name) {
+  state.editing = { name, base: state.rules.version };
+  byTestId('rule-message').hidden = true;
+  fillRules();
+  fillRuleEditor(true);
+  const editor = byTestId('rule-editor');
+  if (editor) editor.scrollIntoView({ block: 'nearest' });
+}
+
+function numberInput(testid, value, disabled, title) {
+  return h('input', {
+    type: 'text',
+    inputmode: 'decimal',
+    'data-testid': testid,
+    value: value === null || value === undefined ? '' : String(value),
+    disabled,
+    title,
+    placeholder: t('rules.editor.empty'),
+  });
+}
+
+/** Draws the editor of the rule being edited, unless it is shown already (`force`: anyway). */
+function fillRuleEditor(force = false) {
+  const holder = byTestId('rule-editor-holder');
+  if (!holder || !state.editing) return;
+  const rule = (state.rules.rules || []).find((r) => r.name === state.editing.name);
+  if (!rule) {
+    state.editing = null;
+    replace(holder);
+    return;
+  }
+  const shown = byTestId('rule-editor');
+  if (!force && shown && shown.dataset.name === rule.name && Number(shown.dataset.base) === state.editing.base) return;
+  const role = state.me.role;
+  const canEdit = api.atLeast(role, 'engineer');
+  const why = canEdit ? null : t('rules.need_engineer', { role: roleName(role) });
+  const unit = rule.unit ? ` (${rule.unit})` : '';
+  const sideRow = (side) =>
+    h(
+      'fieldset',
+      { class: 'setpoints' },
+      h('legend', { text: t(`rules.editor.${side}`) + unit }),
+      ALARM_LEVELS.map((l) =>
+        h(
+          'label',
+          { class: `sp-field level-edge-${l}` },
+          h('span', { text: t(`level.${l}`) }),
+          numberInput(`rule-${side}-${l}`, rule[side] ? rule[side][l] : null, !canEdit, why),
+        ),
+      ),
+    );
+  replace(
+    holder,
+    h(
+      'form',
+      {
+        class: 'panel rule-editor',
+        'data-testid': 'rule-editor',
+        'data-name': rule.name,
+        'data-base': state.editing.base,
+        novalidate: true,
+        onsubmit: saveRule,
+      },
+      h('h2', { text: t('rules.editor.title', { name: rule.name }) }),
+      h('p', { class: 'muted' }, rule.source ? `${t('rules.editor.source')}: ${rule.source} · ` : '', ruleApplies(rule), ' · ', t('rules.editor.base', { v: state.editing.base })),
+      why ? h('p', { class: 'notice', 'data-testid': 'rule-readonly', text: why }) : null,
+      sideRow('high'),
+      sideRow('low'),
+      h(
+        'div',
+        { class: 'row' },
+        h('label', {}, h('span', { text: t('rules.editor.deadband') + unit }), numberInput('rule-deadband', rule.deadband, !canEdit, why)),
+        h('label', {}, h('span', { text: t('rules.editor.on_delay') }), numberInput('rule-on-delay', rule.on_delay_s, !canEdit, why)),
+        h('label', {}, h('span', { text: t('rules.editor.off_delay') }), numberInput('rule-off-delay', rule.off_delay_s, !canEdit, why)),
+      ),
+      h(
+        'label',
+        { class: 'wide' },
+        h('span', { text: t('rules.editor.reason') }),
+        h('input', {
+          type: 'text',
+          'data-testid': 'rule-reason',
+          placeholder: t('rules.editor.reason.placeholder'),
+          disabled: !canEdit,
+          title: why,
+        }),
+      ),
+      h('div', { class: 'error', 'data-testid': 'rule-error', role: 'alert', hidden: true }),
+      h(
+        'div',
+        { class: 'buttons' },
+        h('button', {
+          type: 'button',
+          class: 'ghost',
+          'data-testid': 'rule-cancel',
+          text: t('common.close'),
+          onclick: () => {
+            state.editing = null;
+            replace(holder);
+            fillRules();
+          },
+        }),
+        h(
+          'span',
+          { class: 'tip', title: why },
+          h('button', {
+            type: 'submit',
+            class: 'primary',
+            'data-testid': 'rule-save',
+            disabled: !canEdit,
+            title: why,
+            text: t('common.save'),
+          }),
+        ),
+      ),
+    ),
+  );
+}
+
+function readNumber(testid, field, errors, nullable) {
+  const raw = byTestId(testid).value.trim().replace(',', '.');
+  if (raw === '') {
+    if (nullable) return null;
+    errors.push(t('rules.editor.not_number', { field }));
+    return undefined;
+  }
+  const v = Number(raw);
+  if (!Number.isFinite(v)) {
+    errors.push(t('rules.editor.not_number', { field }));
+    return undefined;
+  }
+  return v;
+}
+
+function showRuleError(message, conflict) {
+  const err = byTestId('rule-error');
+  replace(err, ...(Array.isArray(message) ? message : [message]));
+  err.dataset.kind = conflict ? 'conflict' : 'invalid';
+  err.hidden = false;
+}
+
+async function saveRule(event) {
+  event.preventDefault();
+  const original = (state.rules.rules || []).find((r) => r.name === state.editing.name);
+  if (!original) return;
+  const rule = JSON.parse(JSON.stringify(original));
+  const errors = [];
+  for (const side of ['high', 'low']) {
+    rule[side] = rule[side] || {};
+    for (const l of ALARM_LEVELS) {
+      rule[side][l] = readNumber(`rule-${side}-${l}`, `${t(`rules.editor.${side}`)} ${t(`level.${l}`)}`, errors, true);
+    }
+  }
+  rule.deadband = readNumber('rule-deadband', t('rules.editor.deadband'), errors, false);
+  rule.on_delay_s = readNumber('rule-on-delay', t('rules.editor.on_delay'), errors, false);
+  rule.off_delay_s = readNumber('rule-off-delay', t('rules.editor.off_delay'), errors, false);
+  const reason = byTestId('rule-reason').value.trim();
+  if (!reason) errors.push(t('rules.editor.need_reason'));
+  if (errors.length) {
+    showRuleError(h('ul', {}, errors.map((e) => h('li', { text: e }))));
+    return;
+  }
+  const save = byTestId('rule-save');
+  save.disabled = true;
+  const base = state.editing.base;
+  try {
+    const r = await api.put(`/api/rules/${encodeURIComponent(original.name)}`, { base_version: base, rule, reason });
+    state.editing = null;
+    replace(byTestId('rule-editor-holder'));
+    await reloadRules();
+    const msg = byTestId('rule-message');
+    msg.textContent = t('rules.editor.saved', { v: r && r.version !== undefined ? r.version : state.rules.version });
+    msg.hidden = false;
+    toast(msg.textContent, 'ok');
+  } catch (e) {
+    save.disabled = false;
+    if (e instanceof api.ApiError && e.status === 409) {
+      showRuleError(
+        [
+          h('p', { text: t('rules.editor.conflict', { mine: base }) }),
+          h('p', { class: 'muted', text: e.message }),
+          h('button', {
+            type: 'button',
+            'data-testid': 'rule-reload',
+            text: t('common.reload'),
+            onclick: async () => {
+              await reloadRules();
+              if (state.editing) {
+                state.editing.base = state.rules.version;
+                fillRuleEditor(true);
+              }
+            },
+          }),
+        ],
+        true,
+      );
+    } else if (e instanceof api.ApiError && e.status === 400) {
+      showRuleError([h('p', { text: t('rules.editor.invalid') }), h('pre', { text: e.message })]);
+    } else {
+      showRuleError(errorText(e));
+    }
+  }
+}
+
+function ruleDiff(oldRule, newRule) {
+  if (!oldRule || !newRule) return '';
+  const out = [];
+  for (const side of ['high', 'low']) {
+    for (const l of ALARM_LEVELS) {
+      const a = oldRule[side] ? oldRule[side][l] : null;
+      const b = newRule[side] ? newRule[side][l] : null;
+      if ((a ?? null) !== (b ?? null)) {
+        out.push(`${t(`rules.editor.${side}`).split(' (')[0].split('（')[0]} ${t(`level.${l}`)}: ${fmtNumber(a, 4)} → ${fmtNumber(b, 4)}`);
+      }
+    }
+  }
+  for (const [k, name] of [
+    ['deadband', 'rules.editor.deadband'],
+    ['on_delay_s', 'rules.editor.on_delay'],
+    ['off_delay_s', 'rules.editor.off_delay'],
+  ]) {
+    if (oldRule[k] !== newRule[k]) out.push(`${t(name)}: ${fmtNumber(oldRule[k], 4)} → ${fmtNumber(newRule[k], 4)}`);
+  }
+  return out.join('; ');
+}
+
+function fillHistory() {
+  const holder = byTestId('history-holder');
+  if (!holder) return;
+  const hist = state.history;
+  if (!hist) return replace(holder, h('p', { class: 'muted', text: t('common.loading') }));
+  if (hist.error) return replace(holder, h('p', { class: 'error', text: errorText(hist.error) }));
+  const changes = hist.changes || [];
+  if (!changes.length) {
+    return replace(holder, h('p', { class: 'muted', 'data-testid': 'rules-history-empty', text: t('rules.history.empty') }));
+  }
+  replace(
+    holder,
+    h(
+      'table',
+      { class: 'history', 'data-testid': 'rules-history' },
+      h(
+        'thead',
+        {},
+        h('tr', {}, ['version', 'at', 'user', 'action', 'rule', 'changes', 'reason'].map((k) => h('th', { text: t(`rules.history.col.${k}`) }))),
+      ),
+      h(
+        'tbody',
+        {},
+        changes.map((c) =>
+          h(
+            'tr',
+            { 'data-testid': `history-${c.version}` },
+            h('td', { class: 'num', text: c.version }),
+            h('td', { text: fmtTime(c.at) }),
+            h('td', { text: c.user }),
+            h('td', { text: t(`rules.action.${c.action}`) }),
+            h('td', { text: c.rule }),
+            h('td', { class: 'small', text: ruleDiff(c.old, c.new) }),
+            h('td', { text: c.reason }),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node page
+
+function renderNodeView(view) {
+  const node = state.route.node;
+  replace(
+    view,
+    h(
+      'div',
+      { class: 'node-view', 'data-testid': 'node-view', 'data-node': node },
+      h('p', {}, h('a', { href: '#/overview', text: t('node.back') })),
+      h('h1', { 'data-testid': 'node-title', text: t('node.title', { node }) }),
+      h('p', { class: 'error', 'data-testid': 'node-error', hidden: true }),
+      h(
+        'div',
+        { class: 'node-top' },
+        h('section', { class: 'panel', 'data-testid': 'node-info' }),
+        h('section', { class: 'panel', 'data-testid': 'node-health' }),
+      ),
+      h('section', { class: 'panel' }, h('h2', { text: t('node.channels') }), h('div', { 'data-testid': 'node-channels' })),
+      h(
+        'section',
+        { class: 'panel' },
+        h('h2', { text: t('node.trend') }),
+        h('div', { class: 'row', 'data-testid': 'trend-controls' }),
+        h('p', { class: 'muted', 'data-testid': 'trend-status' }),
+        h('div', { class: 'chart', 'data-testid': 'trend-holder' }),
+      ),
+      h('section', { class: 'panel' }, h('h2', { text: t('node.alarms') }), h('div', { 'data-testid': 'node-alarms' })),
+    ),
+  );
+  fillNodeDetails();
+  loadNodeDetail(node);
+  if (!state.rules) loadRules().then(drawTrend).catch(() => {});
+}
+
+async function loadNodeDetail(node) {
+  try {
+    const detail = await api.get(`/api/nodes/${encodeURIComponent(node)}`);
+    const known = state.nodes.get(node);
+    // Keep live values newer than the reply.
+    if (known) {
+      for (const c of detail.channels || []) {
+        const k = (known.channels || []).find((x) => Number(x.ch) === Number(c.ch));
+        if (k && k.ts && (!c.ts || k.ts > c.ts)) Object.assign(c, { value: k.value, quality: k.quality, ts: k.ts });
+      }
+    }
+    const { alarms, ...rest } = detail;
+    state.nodes.set(node, rest);
+    for (const a of alarms || []) state.alarms.set(alarmKey(a), a);
+    recomputeLevels();
+    byTestId('node-error').hidden = true;
+  } catch (e) {
+    const err = byTestId('node-error');
+    if (err) {
+      err.textContent = e instanceof api.ApiError && e.status === 404 ? t('node.unknown', { node }) : errorText(e);
+      err.hidden = false;
+    }
+  }
+  if (state.route.view === 'node' && state.route.node === node) fillNodeDetails();
+}
+
+function info(labelKey, value, testid) {
+  return h('div', { class: 'kv' }, h('span', { class: 'k', text: t(labelKey) }), h('span', { class: 'v', 'data-testid': testid }, value));
+}
+
+function fillNodeDetails() {
+  const n = state.nodes.get(state.route.node);
+  const infoEl = byTestId('node-info');
+  if (!infoEl) return;
+  if (!n) return;
+  replace(
+    infoEl,
+    info('node.site', n.site || t('common.none')),
+    info('node.group', n.group || t('common.none')),
+    info('node.source', t(`source.${n.source}`)),
+    info('channel.level', levelBadge(n.level, 'node-level')),
+    info('node.last_seen', age(n.last_seen, 'node-last-seen')),
+  );
+  const hl = n.health;
+  replace(
+    byTestId('node-health'),
+    h('h2', { text: t('node.health') }),
+    hl
+      ? [
+          info(
+            'node.success_ratio',
+            `${hl.success_ratio === null || hl.success_ratio === undefined ? t('common.none') : `${fmtNumber(hl.success_ratio * 100, 1)} %`} (${t('node.polls', { ok: hl.polls_ok, failed: hl.polls_failed })})`,
+            'health-success',
+          ),
+          info('node.latency', hl.latency_ms_mean === null || hl.latency_ms_mean === undefined ? t('common.none') : `${fmtNumber(hl.latency_ms_mean, 1)} ms`, 'health-latency'),
+          info('node.quarantined', h('span', { class: hl.quarantined ? 'warn' : '', text: hl.quarantined ? t('common.yes') : t('common.no') }), 'health-quarantined'),
+          hl.bus ? info('node.bus', `${hl.bus} / ${hl.unit ?? t('common.none')}`, 'health-bus') : null,
+        ]
+      : info('node.source', t(`source.${n.source}`), 'health-source'),
+  );
+  replace(byTestId('node-channels'), channelTable(n));
+  replace(
+    byTestId('node-alarms'),
+    (() => {
+      const list = sortedAlarms((a) => a.node === n.node);
+      return list.length ? alarmTable(list, 'node-alarm-list') : h('p', { class: 'muted', text: t('node.no_alarms') });
+    })(),
+  );
+  fillTrendControls(n);
+}
+
+function fillTrendControls(n) {
+  const holder = byTestId('trend-controls');
+  if (!holder || holder.dataset.node === n.node) return;
+  holder.dataset.node = n.node;
+  const channels = n.channels || [];
+  if (state.trend.ch === null && channels.length) state.trend.ch = channels[0].ch;
+  replace(
+    holder,
+    h(
+      'label',
+      {},
+      h('span', { text: t('node.trend.channel') }),
+      h(
+        'select',
+        {
+          'data-testid': 'trend-channel',
+          onchange: (e) => {
+            state.trend.ch = Number(e.target.value);
+            loadTrend();
+          },
+        },
+        channels.map((c) => h('option', { value: c.ch, selected: Number(c.ch) === Number(state.trend.ch), text: `${c.ch} · ${label(c, c.quantity)}` })),
+      ),
+    ),
+    h(
+      'label',
+      {},
+      h('span', { text: t('node.trend.hours') }),
+      h(
+        'select',
+        {
+          'data-testid': 'trend-hours',
+          onchange: (e) => {
+            state.trend.hours = Number(e.target.value);
+            loadTrend();
+          },
+        },
+        TREND_HOURS.map((n2) => h('option', { value: n2, selected: n2 === state.trend.hours, text: t('node.trend.hours_n', { n: n2 }) })),
+      ),
+    ),
+  );
+  loadTrend();
+}
+
+async function loadTrend() {
+  const node = state.route.node;
+  const { ch, hours } = state.trend;
+  if (ch === null) return;
+  const status = byTestId('trend-status');
+  status.textContent = t('common.loading');
+  try {
+    const data = await api.get(`/api/nodes/${encodeURIComponent(node)}/trend${api.query({ ch, hours })}`);
+    if (state.route.node !== node || state.trend.ch !== ch || state.trend.hours !== hours) return;
+    state.trend.data = data;
+    drawTrend();
+  } catch (e) {
+    state.trend.data = null;
+    status.textContent = t('node.trend.unavailable', { msg: e.message });
+    replace(byTestId('trend-holder'));
+  }
+}
+
+/** The rule that applies to a channel: one for the node and channel, else the most specific one for its quantity. */
+function ruleFor(n, c) {
+  if (!state.rules || !n || !c) return null;
+  let best = null;
+  let bestScore = -1;
+  for (const r of state.rules.rules || []) {
+    const sel = r.selector || {};
+    let score = -1;
+    if (sel.node !== undefined && sel.node !== null) {
+      if (sel.node === n.node && Number(sel.ch) === Number(c.ch)) score = 10;
+    } else if (sel.quantity === c.quantity && (!sel.site || sel.site === n.site) && (!sel.group || sel.group === n.group)) {
+      score = 1 + (sel.site ? 1 : 0) + (sel.group ? 2 : 0);
+    }
+    if (score > bestScore) {
+      best = r;
+      bestScore = score;
+    }
+  }
+  return best;
+}
+
+function drawTrend() {
+  const data = state.trend.data;
+  const holder = byTestId('trend-holder');
+  if (!holder || !data) return;
+  const n = state.nodes.get(state.route.node);
+  const c = n && (n.channels || []).find((x) => Number(x.ch) === Number(data.ch));
+  const rule = ruleFor(n, c);
+  const setPoints = [];
+  if (rule) {
+    for (const side of ['high', 'low']) {
+      for (const l of ALARM_LEVELS) {
+        const v = rule[side] ? rule[side][l] : null;
+        if (v !== null && v !== undefined) setPoints.push({ level: l, value: v, colour: LEVEL_COLOURS[l] });
+      }
+    }
+  }
+  const points = data.points || [];
+  const status = byTestId('trend-status');
+  if (!points.length) {
+    status.textContent = t('node.trend.empty');
+  } else {
+    const values = points.map((p) => p[1]);
+    const mean = values.reduce((a, b) => a + b, 0) / values.length;
+    status.textContent = `${t('node.trend.points', { n: points.length, from: fmtTime(data.from), to: fmtTime(data.to) })} · ${t('node.trend.summary', {
+      min: fmtNumber(Math.min(...values)),
+      mean: fmtNumber(mean),
+      max: fmtNumber(Math.max(...values)),
+      unit: data.unit || '',
+    })}`;
+  }
+  replace(
+    holder,
+    trendChart({
+      points,
+      from: data.from,
+      to: Math.max(data.to || 0, points.length ? points[points.length - 1][0] : 0),
+      unit: data.unit,
+      setPoints,
+      locale: locale(),
+      title: `${n ? n.node : ''} ${c ? label(c, c.quantity) : ''}`,
+    }),
+  );
+}
+
+let trendDrawTimer = null;
+
+/** A live reading of the charted channel joins the chart (redrawn at most every 2 s). */
+function liveTrendPoint(r) {
+  const data = state.trend.data;
+  if (!data || Number(data.ch) !== Number(r.ch) || !Number.isFinite(r.value)) return;
+  const pts = data.points || (data.points = []);
+  if (pts.length && r.ts <= pts[pts.length - 1][0]) return;
+  pts.push([r.ts, r.value]);
+  data.to = Math.max(data.to || 0, r.ts);
+  const from = data.to - state.trend.hours * 3600e3;
+  data.from = Math.max(data.from || from, from);
+  while (pts.length && pts[0][0] < data.from) pts.shift();
+  if (!trendDrawTimer) {
+    trendDrawTimer = setTimeout(() => {
+      trendDrawTimer = null;
+      drawTrend();
+    }, 2000);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start
+
+function applyLanguage() {
+  document.documentElement.lang = lang() === 'zh' ? 'zh-CN' : 'en';
+  translateStatic();
+  byTestId('lang-toggle').dataset.lang = lang();
+  if (state.me) {
+    renderHeader();
+    const streamEl = byTestId('stream-status');
+    setStreamStatus(streamEl.dataset.status || 'off', streamEl.dataset.detail);
+    if (state.route.view === 'rules') {
+      renderRulesView(byTestId('view'));
+      fillRuleEditor(true);
+    } else {
+      const trendHolder = byTestId('trend-controls');
+      if (trendHolder) delete trendHolder.dataset.node;
+      renderView();
+    }
+  }
+}
+
+function init() {
+  applyLanguage();
+  onLangChange(applyLanguage);
+  byTestId('lang-toggle').addEventListener('click', () => setLang(lang() === 'zh' ? 'en' : 'zh'));
+  byTestId('logout').addEventListener('click', logout);
+  byTestId('login-form').addEventListener('submit', submitLogin);
+  byTestId('action-form').addEventListener('submit', submitAction);
+  byTestId('action-cancel').addEventListener('click', () => {
+    actionTarget = null;
+    byTestId('action-dialog').close();
+  });
+  window.addEventListener('hashchange', route);
+  api.setUnauthorizedHandler(() => {
+    logout();
+    showLogin(t('error.session'));
+  });
+  if (api.token()) {
+    startSession().catch((e) => {
+      api.setToken(null);
+      showLogin(e instanceof api.ApiError && e.status === 401 ? t('error.session') : errorText(e));
+    });
+  } else {
+    showLogin();
+  }
+  document.body.dataset.ready = 'true';
+}
+
+init();
