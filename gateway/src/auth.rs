@@ -96,6 +96,25 @@ pub struct AuditEntry {
     pub reason: String,
 }
 
+/// One audited write with what it changed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditDetail {
+    /// When, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// Who.
+    pub user: String,
+    /// What.
+    pub action: String,
+    /// On what.
+    pub target: String,
+    /// Before, as the writer recorded it.
+    pub old: Option<String>,
+    /// After.
+    pub new: Option<String>,
+    /// Why.
+    pub reason: String,
+}
+
 /// The user store.
 pub struct Users {
     conn: Connection,
@@ -261,6 +280,34 @@ impl Users {
                     action: r.get(2)?,
                     target: r.get(3)?,
                     reason: r.get(4)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Audited writes of the given actions with what they changed, newest first.
+    pub fn audit_detail(
+        &self,
+        actions: &[&str],
+        limit: usize,
+    ) -> Result<Vec<AuditDetail>, AuthError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT at_ms, user, action, target, old, new, COALESCE(reason, '') FROM audit
+             WHERE action IN (SELECT value FROM json_each(?1))
+             ORDER BY rowid DESC LIMIT ?2",
+        )?;
+        let actions = serde_json::to_string(actions).unwrap_or_else(|_| "[]".into());
+        let rows = stmt
+            .query_map(params![actions, limit as i64], |r| {
+                Ok(AuditDetail {
+                    at_ms: r.get(0)?,
+                    user: r.get(1)?,
+                    action: r.get(2)?,
+                    target: r.get(3)?,
+                    old: r.get(4)?,
+                    new: r.get(5)?,
+                    reason: r.get(6)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

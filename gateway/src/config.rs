@@ -87,6 +87,8 @@
 //!
 //! [alarms]                         # alarms evaluated at the edge; on by default, with the
 //! enabled = true                   #   shipped rules (GB/T 50493-2019, coal-mine rules, HJ 633)
+//! [alarms.groups]                  # node groups, for rules that select by group; a node is
+//! "gas-detector" = ["gas-01", "gas-02"]  # in at most one group
 //!
 //! [sink.local_store]               # readings kept under data_dir (SQLite); on by default
 //! enabled = true
@@ -200,6 +202,9 @@ pub struct Config {
     pub calibrations: Vec<Calibration>,
     /// Whether the alarm engine runs (`[alarms] enabled`, default true).
     pub alarms_enabled: bool,
+    /// Node groups (`[alarms.groups]`): group name and its nodes, in file order. A node is in
+    /// at most one group.
+    pub node_groups: Vec<(String, Vec<NodeId>)>,
 }
 
 /// How the ingestion stage behaves.
@@ -479,6 +484,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawAlarms {
     enabled: Option<bool>,
+    groups: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Deserialize)]
@@ -771,6 +777,7 @@ impl Context<'_> {
                 offset,
             });
         }
+        let node_groups = self.node_groups(raw.alarms.as_ref())?;
         Ok(Config {
             gateway,
             buses: buses.into_iter().map(|b| b.bus).collect(),
@@ -782,7 +789,51 @@ impl Context<'_> {
             pipeline,
             calibrations,
             alarms_enabled: raw.alarms.as_ref().and_then(|a| a.enabled).unwrap_or(true),
+            node_groups,
         })
+    }
+
+    fn node_groups(
+        &self,
+        raw: Option<&RawAlarms>,
+    ) -> Result<Vec<(String, Vec<NodeId>)>, ConfigError> {
+        let Some(raw) = raw.and_then(|a| a.groups.as_ref()) else {
+            return Ok(Vec::new());
+        };
+        let span = raw.span();
+        let mut groups: Vec<(String, Vec<NodeId>)> = Vec::new();
+        let mut seen: HashMap<NodeId, String> = HashMap::new();
+        for (name, nodes) in raw.get_ref() {
+            let key = format!("alarms.groups.{name}");
+            if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+                return Err(self.error(
+                    span.clone(),
+                    &key,
+                    "a group name is 1 to 64 printable characters",
+                ));
+            }
+            let Some(list) = nodes.as_array() else {
+                return Err(self.error(span.clone(), &key, "must be a list of node ids"));
+            };
+            let mut members = Vec::with_capacity(list.len());
+            for n in list {
+                let id = n.as_str().ok_or_else(|| {
+                    self.error(span.clone(), &key, "must be a list of node ids (strings)")
+                })?;
+                let node = NodeId::new(id)
+                    .map_err(|e| self.error(span.clone(), &key, format!("`{id}`: {e}")))?;
+                if let Some(other) = seen.insert(node.clone(), name.clone()) {
+                    return Err(self.error(
+                        span.clone(),
+                        &key,
+                        format!("node {node} is already in group `{other}`; a node is in at most one group"),
+                    ));
+                }
+                members.push(node);
+            }
+            groups.push((name.clone(), members));
+        }
+        Ok(groups)
     }
 
     fn local_store(

@@ -12,6 +12,7 @@
 //! | [`engine`] | [`AlarmEngine`]: per-channel state, readings, timers, operator actions |
 //! | [`defaults`] | shipped rules from GB/T 50493-2019, the coal-mine rules and HJ 633 |
 //! | [`event`] | a transition as published, stored and audited (JSON) |
+//! | [`wire`] | threshold rules as JSON, for the API and the rules file |
 //!
 //! # Use
 //!
@@ -53,6 +54,7 @@ pub mod engine;
 pub mod event;
 pub mod lifecycle;
 pub mod rule;
+pub mod wire;
 
 pub use defaults::{AqiTable, GAS_DETECTOR_GROUP, default_rules};
 pub use engine::{AlarmEngine, MAX_TRANSITIONS_PER_READING, ReplaceError, Transitions};

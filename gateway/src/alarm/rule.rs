@@ -500,6 +500,17 @@ impl RuleSet {
                     selector: rule.selector.to_string(),
                 });
             }
+            // Names identify rules in the API and the audit trail.
+            if rule.name.trim().is_empty() {
+                errors.push(RuleError::EmptyName { index });
+            } else if let Some(first) = self.rules[..index].iter().position(|r| r.name == rule.name)
+            {
+                errors.push(RuleError::DuplicateName {
+                    index,
+                    name: rule.name.clone(),
+                    first,
+                });
+            }
         }
         if errors.is_empty() {
             Ok(())
@@ -709,6 +720,22 @@ pub enum RuleError {
         first: usize,
         /// The selector.
         selector: String,
+    },
+    /// A rule without a name.
+    #[error("rule {index}: a rule needs a name")]
+    EmptyName {
+        /// Index of the rule.
+        index: usize,
+    },
+    /// Two rules with the same name.
+    #[error("rule {index} `{name}`: the name is already used by rule {first}")]
+    DuplicateName {
+        /// Index of the later rule.
+        index: usize,
+        /// The name.
+        name: String,
+        /// Index of the earlier rule.
+        first: usize,
     },
     /// A node's poll interval of zero.
     #[error("node {node}: poll interval must be more than zero")]

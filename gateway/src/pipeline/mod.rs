@@ -34,6 +34,10 @@ use crate::alarm::{AlarmEngine, AlarmEvent, AlarmEvents, AlarmState};
 use crate::metrics::Metrics;
 use crate::transforms::Transforms;
 
+pub mod live;
+
+pub use live::LiveView;
+
 /// The gateway's clock: Unix time in ms, as records and transitions are stamped.
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -112,6 +116,7 @@ pub struct Ingest {
     sites: HashMap<tianzhong_protocol::NodeId, SiteId>,
     sinks: Vec<(String, mpsc::Sender<Output>)>,
     metrics: Arc<Metrics>,
+    view: Arc<LiveView>,
 }
 
 impl Ingest {
@@ -129,6 +134,7 @@ impl Ingest {
             sites: HashMap::new(),
             sinks: Vec::new(),
             metrics,
+            view: Arc::new(LiveView::default()),
         }
     }
 
@@ -146,6 +152,11 @@ impl Ingest {
     /// Live alarm transitions, for subscribers that come and go.
     pub fn live_alarms(&self) -> tokio::sync::broadcast::Sender<Arc<AlarmEvent>> {
         self.live.clone()
+    }
+
+    /// Each channel's latest reading and the stream of ingested batches.
+    pub fn live_view(&self) -> Arc<LiveView> {
+        Arc::clone(&self.view)
     }
 
     /// Adds a sink, returning the receiving end it reads from.
@@ -180,7 +191,9 @@ impl Ingest {
                     }
                     self.metrics.readings_forwarded.inc_by(batch.len() as u64);
                     let alarms = self.evaluate(&batch);
-                    self.send(Output::Readings(batch.into())).await;
+                    let batch: Arc<[Record]> = batch.into();
+                    self.view.update(&batch);
+                    self.send(Output::Readings(batch)).await;
                     self.publish_alarms(alarms).await;
                 }
                 Event::Status(status) => self.send(Output::Status(Arc::new(status))).await,
