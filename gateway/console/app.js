@@ -33,8 +33,8 @@ const SHELVABLE = new Set([
   'latched_unacked',
   'latched_acked',
 ]);
-/** States that are annunciated (count towards a channel's colour). */
-const ANNUNCIATED = new Set(STATES.filter((st) => st !== 'shelved' && st !== 'out_of_service'));
+/** States whose level colours a channel (as the API's channel `level`). */
+const COLOURING = new Set(['active_unacked', 'active_acked', 'latched_unacked', 'latched_acked']);
 const TREND_HOURS = [1, 6, 24, 72, 168];
 
 const levelRank = (l) => Math.max(0, LEVELS.indexOf(l));
@@ -280,7 +280,8 @@ function logout() {
 }
 
 function renderHeader() {
-  byTestId('gateway-name').textContent = state.gateway;
+  // The gateway's name when the API gives one, else the address it is reached at.
+  byTestId('gateway-name').textContent = state.gateway || location.host;
   if (state.me) {
     byTestId('current-user').textContent = state.me.user || '';
     const role = byTestId('current-role');
@@ -348,7 +349,7 @@ async function loadRules() {
 function recomputeLevels() {
   const byChannel = new Map();
   for (const a of state.alarms.values()) {
-    if (!ANNUNCIATED.has(a.state)) continue;
+    if (!COLOURING.has(a.state)) continue;
     const k = `${a.node}/${a.ch}`;
     if (levelRank(a.level) > levelRank(byChannel.get(k))) byChannel.set(k, a.level);
   }
@@ -440,6 +441,9 @@ function handleEvent(e) {
   } catch (_) {
     return;
   }
+  // Counted for tests and for the curious: data-readings-events, data-alarm-events.
+  const counter = `${e.type.replace(/[^a-z]/g, '')}Events`;
+  document.body.dataset[counter] = String(Number(document.body.dataset[counter] || 0) + 1);
   if (e.type === 'readings') onReadings(Array.isArray(data) ? data : [data]);
   else if (e.type === 'alarm') onAlarm(data);
   else if (e.type === 'lagged') {
@@ -458,7 +462,7 @@ function onReadings(readings) {
       continue;
     }
     if (c.ts && r.ts < c.ts) continue;
-    Object.assign(c, { value: r.value, quality: r.quality, ts: r.ts, seq: r.seq });
+    Object.assign(c, { value: r.value, quality: r.quality, quality_detail: r.quality_detail, ts: r.ts, seq: r.seq });
     if (r.unit) c.unit = r.unit;
     if (!n.last_seen || r.ts > n.last_seen) n.last_seen = r.ts;
     patchChannel(n, c);
@@ -518,6 +522,11 @@ function route() {
   const r = parseRoute();
   const changed = r.view !== state.route.view || r.node !== state.route.node;
   state.route = r;
+  const dialog = byTestId('action-dialog');
+  if (changed && dialog.open) {
+    actionTarget = null;
+    dialog.close();
+  }
   if (changed && r.view === 'node' && state.trend.node !== r.node) {
     state.trend = { ch: null, hours: state.trend.hours, data: null, node: r.node };
   }
@@ -567,6 +576,7 @@ function channelRow(n, c) {
     h('td', {
       class: qualityClass(c.quality),
       'data-testid': `quality-${id}`,
+      title: c.quality_detail || null,
       text: qualityText(c.quality),
     }),
     h('td', {}, levelBadge(c.level, `level-${id}`)),
@@ -608,6 +618,7 @@ function patchChannel(n, c) {
   if (q) {
     q.textContent = qualityText(c.quality);
     q.className = qualityClass(c.quality);
+    q.title = c.quality_detail || '';
   }
   const ts = byTestId(`ts-${id}`);
   if (ts) {

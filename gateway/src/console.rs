@@ -146,7 +146,12 @@ mod tests {
                 .to_owned()
         };
         let (ct, cc) = (header("content-type"), header("cache-control"));
-        (r.status().as_u16(), ct, cc, r.bytes().await.unwrap().to_vec())
+        (
+            r.status().as_u16(),
+            ct,
+            cc,
+            r.bytes().await.unwrap().to_vec(),
+        )
     }
 
     #[tokio::test]

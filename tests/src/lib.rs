@@ -7,6 +7,7 @@
 //! | `tests/qemu_node.rs` | the STM32F405 firmware under `qemu-system-arm -M netduinoplus2`, polled over Modbus RTU from the host with tokio-modbus |
 //! | `tests/gateway_alarms.rs` | the chemical-plant scenario (entered at 11:00 simulated, 5x) → the gateway's alarm engine: yellow, then red, at the detectors whose gas crossed the set points, within a poll interval plus 1 s of simulated time, and nowhere else |
 //! | `tests/gateway_e2e.rs` | simulated fleets (Modbus TCP, Modbus RTU on pseudo-terminals, MQTT via mosquitto) → the gateway → VictoriaMetrics and an upstream mosquitto, checked against the simulator's ground truth; a dead RTU node, a broker restart, malformed input |
+//! | `tests/console_browser.rs` | the operator console in headless Chromium (WebDriver): an operator sees a red alarm arrive live and acknowledges it, an engineer edits a threshold, a viewer is refused; zh/en; screenshots of each step |
 //!
 //! Shared harness code:
 //!
@@ -16,7 +17,9 @@
 //! | [`fleet`] | simulated fleets built programmatically, run on real time, and the gateway configuration that matches them |
 //! | [`gateway`] | starting a gateway in-process from configuration text; reading its metrics |
 //! | [`check`] | joining VictoriaMetrics series and upstream MQTT messages into readings and comparing them with the ground truth |
+//! | [`browser`] | chromedriver and headless Chromium started per test on a free loopback port, offline, with a fresh profile; the screenshot folder |
 
+pub mod browser;
 pub mod check;
 pub mod fleet;
 pub mod gateway;
