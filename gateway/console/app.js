@@ -941,8 +941,8 @@ function renderRulesView(view) {
       h('h1', { text: t('rules.title') }),
       h('p', { class: 'error', 'data-testid': 'rules-error', hidden: true }),
       h('p', { class: 'ok', 'data-testid': 'rule-message', hidden: true }),
-      h('div', { 'data-testid': 'rules-holder' }, h('p', { class: 'muted', text: t('common.loading') })),
       h('div', { 'data-testid': 'rule-editor-holder' }),
+      h('div', { 'data-testid': 'rules-holder' }, h('p', { class: 'muted', text: t('common.loading') })),
       h('h2', { text: t('rules.history') }),
       h('div', { 'data-testid': 'history-holder' }),
     ),
@@ -1029,8 +1029,7 @@ function openRuleEditor(name) {
   byTestId('rule-message').hidden = true;
   fillRules();
   fillRuleEditor(true);
-  const editor = byTestId('rule-editor');
-  if (editor) editor.scrollIntoView({ block: 'nearest' });
+  window.scrollTo({ top: 0 });
 }
 
 function numberInput(testid, value, disabled, title) {
@@ -1163,6 +1162,7 @@ function showRuleError(message, conflict) {
   replace(err, ...(Array.isArray(message) ? message : [message]));
   err.dataset.kind = conflict ? 'conflict' : 'invalid';
   err.hidden = false;
+  err.scrollIntoView({ block: 'nearest' });
 }
 
 async function saveRule(event) {
