@@ -4,16 +4,18 @@
 //! ingestion stage and one task per sink — and returns at once; [`Gateway::shutdown`] stops
 //! the sources, lets the ingestion stage drain and waits for every sink to flush.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tianzhong_protocol::NodeId;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::alarm::{AlarmEngine, AqiTable, default_rules};
+use crate::alarm::AlarmEngine;
 use crate::auth::Users;
 use crate::config::Config;
 use crate::metrics::{DeviceCounters, DeviceRow, DeviceTable, Metrics};
@@ -66,17 +68,37 @@ impl Gateway {
                 config.gateway.data_dir.display()
             )
         })?;
+        // Node groups: polled devices and MQTT nodes alike.
+        let group_of: HashMap<NodeId, String> = config
+            .node_groups
+            .iter()
+            .flat_map(|(g, nodes)| nodes.iter().map(move |n| (n.clone(), g.clone())))
+            .collect();
         let mut shared_engine = None;
         if config.alarms_enabled {
-            // The shipped rules, told each polled node's interval so that stale data can be
-            // judged in polls.
-            let mut rules = default_rules(AqiTable::default());
-            for d in &config.devices {
-                rules =
-                    rules.with_node(d.id.clone(), None, Some(d.poll_interval.as_millis() as u64));
+            // The saved rules (changed at run time) or the shipped ones, told each node's
+            // group and each polled node's interval, so that stale data can be judged in
+            // polls.
+            let mut nodes: Vec<(NodeId, Option<String>, Option<u64>)> = config
+                .devices
+                .iter()
+                .map(|d| {
+                    (
+                        d.id.clone(),
+                        group_of.get(&d.id).cloned(),
+                        Some(d.poll_interval.as_millis() as u64),
+                    )
+                })
+                .collect();
+            for (node, group) in &group_of {
+                if !config.devices.iter().any(|d| &d.id == node) {
+                    nodes.push((node.clone(), Some(group.clone()), None));
+                }
             }
+            let rules = crate::thresholds::initial_rules(&config.gateway.data_dir, nodes)
+                .map_err(|e| anyhow::anyhow!(e))?;
             let engine = AlarmEngine::new(rules)
-                .map_err(|e| anyhow::anyhow!("the shipped alarm rules are invalid: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("the alarm rules are invalid: {e}"))?;
             let engine = Arc::new(std::sync::Mutex::new(engine));
             shared_engine = Some(Arc::clone(&engine));
             ingest = ingest.with_shared_alarms(engine);
@@ -122,11 +144,43 @@ impl Gateway {
         // logged, so it does not linger in log files.
         let (users, first_run_secret) =
             Users::open(&config.gateway.data_dir.join("users.sqlite")).context("user store")?;
+        let users = Arc::new(std::sync::Mutex::new(users));
+        let directory = crate::http::Directory {
+            nodes: config
+                .devices
+                .iter()
+                .enumerate()
+                .map(|(row, d)| {
+                    (
+                        d.id.clone(),
+                        crate::http::KnownNode {
+                            site: d.site.clone(),
+                            group: group_of.get(&d.id).cloned(),
+                            polled: Some((d.bus.clone(), d.unit, row)),
+                        },
+                    )
+                })
+                .collect(),
+            groups: group_of,
+            store: config
+                .local_store
+                .as_ref()
+                .map(|_| config.gateway.data_dir.join(local_store::FILE_NAME)),
+        };
         let api = crate::http::ApiState {
             metrics: Arc::clone(&metrics),
+            thresholds: shared_engine.as_ref().map(|e| {
+                crate::thresholds::Thresholds::new(
+                    Arc::clone(e),
+                    &config.gateway.data_dir,
+                    Arc::clone(&users),
+                )
+            }),
             engine: shared_engine,
             live: ingest.live_alarms(),
-            users: Arc::new(std::sync::Mutex::new(users)),
+            view: ingest.live_view(),
+            directory: Arc::new(directory),
+            users,
             events: events.clone(),
             shutdown: shutdown_rx.clone(),
         };

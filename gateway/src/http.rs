@@ -11,12 +11,29 @@
 //! | `POST /api/alarms/shelve` | `{"node","ch","condition","minutes","comment"}`; operator |
 //! | `POST /api/users` | `{"name","role","password"}`; admin |
 //! | `GET /api/audit` | the audit trail, newest first; admin |
+//! | `GET /api/me` | who the token belongs to: `{"user","role"}` |
+//! | `GET /api/nodes` | every node by site: latest value, unit, quality and alarm colour per channel, health of polled devices |
+//! | `GET /api/nodes/{node}` | one node, with its alarms |
+//! | `GET /api/nodes/{node}/trend?ch=N&hours=H` | bucket means (at most 1000) of recent hours, from the local store |
+//! | `GET /api/stream` | server-sent events: `readings` (each ingested batch) and `alarm` (each transition) |
+//! | `GET /api/rules` | the threshold rules in force, their version and the node groups |
+//! | `PUT /api/rules/{name}` | `{"base_version","rule","reason"}`: change a rule; engineer |
+//! | `POST /api/rules` | `{"base_version","rule","reason"}`: add a rule; engineer |
+//! | `DELETE /api/rules/{name}` | `{"base_version","reason"}`: remove a rule; engineer |
+//! | `GET /api/rules/history` | rule changes, newest first: who, when, old, new, why |
+//! | `GET /api/openapi.json` | the OpenAPI 3.1 description of all of this; no token needed |
 //!
-//! Everything under `/api` but login needs `Authorization: Bearer TOKEN` (401 without or
+//! Everything under `/api` but login and the OpenAPI document needs `Authorization: Bearer TOKEN` (401 without or
 //! with a wrong one, 403 for a role that may not). Bad input gets a 4xx with
 //! `{"error": "..."}` and changes nothing: a body that is not the JSON asked for (400),
-//! unknown alarms (404), an action the alarm's state does not allow (409), bodies over
-//! 16 KiB (413), bad query parameters (400, naming the parameter). Every write is audited.
+//! unknown alarms, nodes or rules (404), an action the alarm's state does not allow or a rule
+//! change made against an older version (409), bodies over 16 KiB (413), bad query parameters
+//! (400, naming the parameter). Every write is audited.
+
+mod nodes;
+mod rules;
+
+pub use nodes::{Directory, KnownNode};
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -32,7 +49,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde_json::json;
 use tianzhong_protocol::AlarmLevel;
 use tokio::sync::{broadcast, watch};
@@ -58,6 +75,12 @@ pub struct ApiState {
     pub users: Arc<std::sync::Mutex<Users>>,
     /// Into the pipeline, for transitions made by operators.
     pub events: tokio::sync::mpsc::Sender<Event>,
+    /// Each channel's latest reading and the stream of batches.
+    pub view: Arc<crate::pipeline::LiveView>,
+    /// Rule changes, when alarms are on.
+    pub thresholds: Option<crate::thresholds::Thresholds>,
+    /// The nodes the configuration names, and where history is kept.
+    pub directory: Arc<Directory>,
     /// Turns true when the gateway stops: live streams end, so that a connected client does
     /// not hold the shutdown up.
     pub shutdown: watch::Receiver<bool>,
@@ -389,6 +412,20 @@ const STATES: [AlarmState; 8] = [
     AlarmState::OutOfService,
 ];
 
+/// One alarm as the API lists it.
+fn alarm_item(k: &AlarmKey, st: &crate::alarm::AlarmStatus) -> serde_json::Value {
+    json!({
+        "node": k.node.as_str(),
+        "ch": k.channel.0,
+        "condition": k.condition.key(),
+        "state": st.state.key(),
+        "level": st.level.key(),
+        "condition_level": st.condition_level.key(),
+        "side": st.side.map(|x| x.to_string()),
+        "shelved_until": st.shelved_until_ms,
+    })
+}
+
 async fn alarms(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -448,15 +485,7 @@ async fn alarms(
                 && node.is_none_or(|n| k.node.as_str() == n)
         })
         .map(|(k, st)| {
-            let item = json!({
-                "node": k.node.as_str(),
-                "ch": k.channel.0,
-                "condition": k.condition.key(),
-                "state": st.state.key(),
-                "level": st.level.key(),
-                "side": st.side.map(|x| x.to_string()),
-                "shelved_until": st.shelved_until_ms,
-            });
+            let item = alarm_item(&k, &st);
             (st.level.code(), k.node.to_string(), k.channel.0, item)
         })
         .collect();
@@ -495,6 +524,14 @@ async fn alarm_stream(State(s): State<ApiState>, headers: HeaderMap) -> Response
         .into_response()
 }
 
+/// The OpenAPI 3.1 document of this API, kept by hand beside the handlers (a test checks
+/// every documented operation against the router, and every route against the document).
+pub const OPENAPI: &str = include_str!("http/openapi.json");
+
+async fn openapi() -> Response {
+    ([(CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
 /// The router.
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -507,6 +544,18 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/alarms/shelve", post(shelve))
         .route("/api/users", post(add_user))
         .route("/api/audit", get(audit))
+        .route("/api/me", get(nodes::me))
+        .route("/api/nodes", get(nodes::list))
+        .route("/api/nodes/{node}", get(nodes::one))
+        .route("/api/nodes/{node}/trend", get(nodes::trend))
+        .route("/api/stream", get(nodes::stream))
+        .route("/api/rules", get(rules::list).post(rules::add))
+        .route("/api/rules/history", get(rules::history))
+        .route(
+            "/api/rules/{name}",
+            put(rules::update).delete(rules::delete),
+        )
+        .route("/api/openapi.json", get(openapi))
         .merge(crate::console::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

@@ -1043,3 +1043,41 @@ fn pipeline_calibration_store_and_http_settings_are_checked() {
         "more than 0",
     );
 }
+
+#[test]
+fn node_groups_parse_and_a_node_in_two_groups_is_refused() {
+    let ok = parse_ok(&with(
+        "[alarms]\n[alarms.groups]\n\"gas-detector\" = [\"gas-01\", \"gas-02\"]\n\"coal-t2\" = [\"mine-07\"]\n",
+    ));
+    let groups: Vec<(&str, Vec<&str>)> = ok
+        .node_groups
+        .iter()
+        .map(|(g, n)| (g.as_str(), n.iter().map(|n| n.as_str()).collect()))
+        .collect();
+    assert_eq!(
+        groups,
+        vec![
+            ("coal-t2", vec!["mine-07"]),
+            ("gas-detector", vec!["gas-01", "gas-02"])
+        ]
+    );
+    assert!(parse_ok(&with("")).node_groups.is_empty());
+    assert_fails(
+        &with("[alarms.groups]\n\"a\" = [\"gas-01\"]\n\"b\" = [\"gas-01\"]\n"),
+        "[alarms.groups]",
+        "alarms.groups.b",
+        "already in group `a`",
+    );
+    assert_fails(
+        &with("[alarms.groups]\n\"a\" = \"gas-01\"\n"),
+        "[alarms.groups]",
+        "alarms.groups.a",
+        "list of node ids",
+    );
+    assert_fails(
+        &with("[alarms.groups]\n\"a\" = [\"bad id with spaces\"]\n"),
+        "[alarms.groups]",
+        "alarms.groups.a",
+        "bad id with spaces",
+    );
+}
