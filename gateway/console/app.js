@@ -35,7 +35,7 @@ const SHELVABLE = new Set([
 ]);
 /** States whose level colours a channel (as the API's channel `level`). */
 const COLOURING = new Set(['active_unacked', 'active_acked', 'latched_unacked', 'latched_acked']);
-const TREND_HOURS = [1, 6, 24, 72, 168];
+const TREND_HOURS = [0.25, 1, 6, 24, 72, 168];
 
 const levelRank = (l) => Math.max(0, LEVELS.indexOf(l));
 const alarmKey = (a) => `${a.node}/${a.ch}/${a.condition}`;
@@ -262,7 +262,13 @@ function rememberedMe() {
   }
 }
 
+function hideToast() {
+  clearTimeout(toastTimer);
+  byTestId('toast').hidden = true;
+}
+
 function logout() {
+  hideToast();
   api.setToken(null);
   try {
     sessionStorage.removeItem('tianzhong.console.me');
@@ -607,10 +613,11 @@ function channelTable(n) {
 function patchChannel(n, c) {
   const id = idPart(n.node, c.ch);
   const value = byTestId(`value-${id}`);
-  if (value) {
-    value.textContent = fmtNumber(c.value);
+  const text = fmtNumber(c.value);
+  if (value && value.textContent !== text) {
+    value.textContent = text;
+    // A changed value is highlighted briefly (the animation restarted).
     value.classList.remove('flash');
-    // Restart the highlight animation.
     void value.offsetWidth;
     value.classList.add('flash');
   }
@@ -1385,7 +1392,7 @@ function fillNodeDetails() {
           info('node.quarantined', h('span', { class: hl.quarantined ? 'warn' : '', text: hl.quarantined ? t('common.yes') : t('common.no') }), 'health-quarantined'),
           hl.bus ? info('node.bus', `${hl.bus} / ${hl.unit ?? t('common.none')}`, 'health-bus') : null,
         ]
-      : info('node.source', t(`source.${n.source}`), 'health-source'),
+      : h('p', { class: 'muted', 'data-testid': 'health-source', text: t(`node.health.${n.source}`) }),
   );
   replace(byTestId('node-channels'), channelTable(n));
   replace(
@@ -1435,7 +1442,13 @@ function fillTrendControls(n) {
             loadTrend();
           },
         },
-        TREND_HOURS.map((n2) => h('option', { value: n2, selected: n2 === state.trend.hours, text: t('node.trend.hours_n', { n: n2 }) })),
+        TREND_HOURS.map((n2) =>
+          h('option', {
+            value: n2,
+            selected: n2 === state.trend.hours,
+            text: n2 < 1 ? t('node.trend.minutes_n', { n: Math.round(n2 * 60) }) : t('node.trend.hours_n', { n: n2 }),
+          }),
+        ),
       ),
     ),
   );
@@ -1550,6 +1563,7 @@ function liveTrendPoint(r) {
 // Start
 
 function applyLanguage() {
+  hideToast();
   document.documentElement.lang = lang() === 'zh' ? 'zh-CN' : 'en';
   translateStatic();
   byTestId('lang-toggle').dataset.lang = lang();

@@ -136,6 +136,70 @@ mod tests {
         out
     }
 
+    fn text_of(name: &str) -> &'static str {
+        let a = ASSETS
+            .iter()
+            .chain([&INDEX])
+            .find(|a| a.name == name)
+            .unwrap();
+        std::str::from_utf8(a.bytes).unwrap()
+    }
+
+    /// The keys of the dictionary `const {lang} = { … };` in i18n.js.
+    fn dictionary_keys(lang: &str) -> std::collections::BTreeSet<String> {
+        let js = text_of("i18n.js");
+        let start = js.find(&format!("const {lang} = {{")).unwrap();
+        let body = &js[start..start + js[start..].find("\n};").unwrap()];
+        body.lines()
+            .filter_map(|l| l.trim().strip_prefix('\''))
+            .filter_map(|l| l.split_once("':").map(|(k, _)| k.to_owned()))
+            .collect()
+    }
+
+    /// Literal keys in `t('…')` and `data-i18n…="…"` uses.
+    fn used_keys() -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for name in ["app.js", "index.html"] {
+            let text = text_of(name);
+            for needle in [
+                "t('",
+                "data-i18n=\"",
+                "data-i18n-title=\"",
+                "data-i18n-placeholder=\"",
+            ] {
+                for (i, _) in text.match_indices(needle) {
+                    // `t(` itself, not `get(` or `select(`.
+                    let before = text[..i].chars().next_back().unwrap_or(' ');
+                    if needle == "t('" && (before.is_alphanumeric() || "_.$".contains(before)) {
+                        continue;
+                    }
+                    let rest = &text[i + needle.len()..];
+                    let end = rest.find(['\'', '"']).unwrap();
+                    out.insert(rest[..end].to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn chinese_and_english_say_the_same_things() {
+        let (en, zh) = (dictionary_keys("en"), dictionary_keys("zh"));
+        assert!(en.len() > 100, "{en:?}");
+        let only_en: Vec<_> = en.difference(&zh).collect();
+        let only_zh: Vec<_> = zh.difference(&en).collect();
+        assert!(only_en.is_empty(), "missing in zh: {only_en:?}");
+        assert!(only_zh.is_empty(), "missing in en: {only_zh:?}");
+        let unknown: Vec<_> = used_keys()
+            .into_iter()
+            .filter(|k| !en.contains(k))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "used but not in the dictionaries: {unknown:?}"
+        );
+    }
+
     async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String, Vec<u8>) {
         let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
         let header = |h: &str| {

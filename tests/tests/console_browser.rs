@@ -646,12 +646,21 @@ async fn operators_see_and_acknowledge_a_live_alarm_engineers_edit_thresholds_vi
     // The node page: channels, health and the trend of the stored readings.
     page.go(&format!("#/node/{LEAK}")).await;
     page.el("node-view").await;
+    page.el("trend-hours")
+        .await
+        .select_by_value("0.25")
+        .await
+        .unwrap();
     page.wait("a trend with points", || async {
         let n = page.attr_of(&tid("trend-chart"), "data-points").await?;
         (n.parse::<u32>().ok()? > 0).then_some(())
     })
     .await;
     page.el("node-last-seen").await;
+    page.text_where("health-source", "the MQTT node's health note", |t| {
+        t.contains("MQTT")
+    })
+    .await;
     page.shot("node-page").await;
     page.sign_out().await;
 
