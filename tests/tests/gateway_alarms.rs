@@ -38,35 +38,87 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
+/// The chemical plant's fleet from `start_ms` simulated, at [`SPEED`], and a gateway polling
+/// it every simulated second with its API on a free port.
+struct Plant {
+    fleet: Arc<Fleet>,
+    started: Vec<transport::Transport>,
+    stepper: tokio::task::JoinHandle<()>,
+    gateway: Gateway,
+    http: SocketAddr,
+    /// Unix ms at simulated `start_ms`.
+    t0: u64,
+    start_ms: u64,
+    admin_password: String,
+}
+
+impl Plant {
+    async fn start(dir: &Path, start_ms: u64) -> Plant {
+        let mut spec = scenario::parse(DEFAULT_SCENARIO, Path::new("chemical-plant.toml")).unwrap();
+        for bus in &mut spec.buses {
+            match &mut bus.kind {
+                BusKind::ModbusTcp { listen, .. } => *listen = "127.0.0.1:0".parse().unwrap(),
+                BusKind::ModbusRtu { link, .. } => *link = dir.join("tankfarm.tty"),
+                BusKind::Mqtt { broker, .. } => {
+                    *broker = free_addr();
+                    start_broker(*broker).unwrap();
+                }
+            }
+        }
+        let t0 = unix_ms();
+        let fleet = Arc::new(
+            Fleet::build(&spec, SimClock::starting_at(t0, SPEED, start_ms), true).unwrap(),
+        );
+        let started = transport::start_all(&fleet, spec.seed).await.unwrap();
+        let stepper = tokio::spawn(Arc::clone(&fleet).run(Duration::from_millis(10)));
+        let poll = Duration::from_secs_f64(POLL_SIM_MS as f64 / 1000.0 / SPEED);
+        let http = free_addr();
+        let toml = gateway_toml(&spec, &started, dir, poll, Some(http));
+        let config = tianzhong_gateway::config::parse(&toml, &dir.join("gw.toml"), &|_| None)
+            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let gateway = Gateway::start(config).await.unwrap();
+        let admin_password = gateway
+            .first_run_secret()
+            .expect("a fresh data directory creates the admin")
+            .to_owned();
+        Plant {
+            fleet,
+            started,
+            stepper,
+            gateway,
+            http,
+            t0,
+            start_ms,
+            admin_password,
+        }
+    }
+
+    /// Simulated ms of a gateway timestamp.
+    fn sim_ms(&self, unix: u64) -> u64 {
+        self.start_ms + ((unix - self.t0) as f64 * SPEED) as u64
+    }
+
+    async fn run_until(&self, sim_ms: u64) {
+        while self.fleet.stepped_to() < sim_ms {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn stop(self) -> Arc<Fleet> {
+        self.stepper.abort();
+        for t in self.started {
+            t.shutdown().await;
+        }
+        self.gateway.shutdown(Duration::from_secs(10)).await;
+        self.fleet
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leak_raises_yellow_then_red_at_the_right_detectors_in_time() {
     let dir = TempDir::new("tz-alarms").unwrap();
-    let mut spec = scenario::parse(DEFAULT_SCENARIO, Path::new("chemical-plant.toml")).unwrap();
-    for bus in &mut spec.buses {
-        match &mut bus.kind {
-            BusKind::ModbusTcp { listen, .. } => *listen = "127.0.0.1:0".parse().unwrap(),
-            BusKind::ModbusRtu { link, .. } => *link = dir.path().join("tankfarm.tty"),
-            BusKind::Mqtt { broker, .. } => {
-                *broker = free_addr();
-                start_broker(*broker).unwrap();
-            }
-        }
-    }
-    let t0 = unix_ms();
-    let fleet =
-        Arc::new(Fleet::build(&spec, SimClock::starting_at(t0, SPEED, START_MS), true).unwrap());
-    let started = transport::start_all(&fleet, spec.seed).await.unwrap();
-    let stepper = tokio::spawn(Arc::clone(&fleet).run(Duration::from_millis(10)));
-    let poll = Duration::from_secs_f64(POLL_SIM_MS as f64 / 1000.0 / SPEED);
-    let http = free_addr();
-    let toml = gateway_toml(&spec, &started, dir.path(), poll, Some(http));
-    let config = tianzhong_gateway::config::parse(&toml, &dir.path().join("gw.toml"), &|_| None)
-        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
-    let gateway = Gateway::start(config).await.unwrap();
-    let admin_password = gateway
-        .first_run_secret()
-        .expect("a fresh data directory creates the admin")
-        .to_owned();
+    let plant = Plant::start(dir.path(), START_MS).await;
+    let (http, t0, admin_password) = (plant.http, plant.t0, plant.admin_password.clone());
     let client = reqwest::Client::new();
     let post = |path: &str, token: Option<&str>, body: String| {
         let mut r = client
@@ -120,9 +172,7 @@ async fn the_leak_raises_yellow_then_red_at_the_right_detectors_in_time() {
         events
     });
 
-    while fleet.stepped_to() < END_MS {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    plant.run_until(END_MS).await;
     // The alarm list, as an operator's console would fetch it.
     let list: serde_json::Value = serde_json::from_str(
         &client
@@ -221,11 +271,7 @@ async fn the_leak_raises_yellow_then_red_at_the_right_detectors_in_time() {
         .await
         .expect("the SSE client saw the red alarm")
         .unwrap();
-    stepper.abort();
-    for t in started {
-        t.shutdown().await;
-    }
-    gateway.shutdown(Duration::from_secs(10)).await;
+    let fleet = plant.stop().await;
 
     // When each detector's gas first reached each set point, in simulated ms.
     let mut crossed: HashMap<(String, u32), u64> = HashMap::new();
@@ -336,4 +382,144 @@ async fn the_leak_raises_yellow_then_red_at_the_right_detectors_in_time() {
             "{key:?} alarmed without crossing"
         );
     }
+}
+
+/// Entered at 32:00 simulated, while cp-lel-05 still reads about 54 %LEL and the line has just
+/// been isolated, until 37:30, when the gas has fallen below yellow's set point less its
+/// deadband.
+const CLEAR_START_MS: u64 = 32 * 60_000;
+const CLEAR_END_MS: u64 = 37 * 60_000 + 30_000;
+/// Deadband of the shipped combustible-gas rule, %LEL.
+const DEADBAND: f32 = 1.0;
+
+/// The alarm acknowledged at red de-escalates and clears with its hysteresis as the cloud
+/// disperses: it clears within a poll interval plus 1 s of the first sample below the yellow
+/// set point less the deadband — not when the gas first dips below the set point itself —
+/// and, acknowledged and clear, returns to normal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acknowledged_alarm_clears_with_its_hysteresis() {
+    let dir = TempDir::new("tz-alarms-clear").unwrap();
+    let plant = Plant::start(dir.path(), CLEAR_START_MS).await;
+    let http = plant.http;
+    let client = reqwest::Client::new();
+    let login: serde_json::Value = client
+        .post(format!("http://{http}/api/login"))
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"user":"admin","password":"{}"}}"#,
+            plant.admin_password
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap();
+    let token = login["token"].as_str().unwrap().to_owned();
+    // Acknowledge the red alarm as soon as the gateway has raised it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = client
+            .post(format!("http://{http}/api/alarms/ack"))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(r#"{"node":"cp-lel-05","ch":0,"condition":"threshold","comment":"line isolated, watching it disperse"}"#)
+            .send()
+            .await
+            .unwrap();
+        if r.status().as_u16() == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the red alarm was never raised to acknowledge: {}",
+            r.text().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    plant.run_until(CLEAR_END_MS).await;
+    let alarms: serde_json::Value = client
+        .get(format!("http://{http}/api/alarms?node=cp-lel-05"))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap();
+    let sim = |unix: u64| plant.sim_ms(unix);
+    let audit = std::fs::read_to_string(dir.path().join("alarm-audit.jsonl")).unwrap();
+    let transitions: Vec<(u64, String, String, String)> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["node"] == "cp-lel-05" && v["condition"] == "threshold")
+        .map(|v| {
+            (
+                sim(v["at"].as_u64().unwrap()),
+                v["cause"].as_str().unwrap().to_owned(),
+                v["level"].as_str().unwrap().to_owned(),
+                v["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let fleet = plant.stop().await;
+    let shown: Vec<(&str, &str, &str)> = transitions
+        .iter()
+        .map(|(_, c, l, s)| (c.as_str(), l.as_str(), s.as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("raised", "red", "active_unacked"),
+            ("acknowledged", "red", "active_acked"),
+            ("de_escalated", "yellow", "active_acked"),
+            ("cleared", "normal", "normal"),
+        ],
+        "{audit}"
+    );
+    assert_eq!(alarms["alarms"], serde_json::json!([]), "{alarms}");
+
+    // The detector's samples on the way down, from the simulator's ground truth.
+    let samples: Vec<(u64, f32)> = fleet
+        .truth
+        .samples()
+        .into_iter()
+        .filter(|s| &*s.node == "cp-lel-05" && s.channel == 0 && s.time_ms >= CLEAR_START_MS)
+        .map(|s| (s.time_ms, s.value))
+        .collect();
+    let yellow = YELLOW as f32;
+    let first_below_set_point = samples.iter().find(|(_, v)| *v < yellow).unwrap().0;
+    let first_below_deadband = samples
+        .iter()
+        .find(|(_, v)| *v < yellow - DEADBAND)
+        .unwrap()
+        .0;
+    let cleared_at = transitions[3].0;
+    let delay = cleared_at as i64 - first_below_deadband as i64;
+    let in_band: Vec<f32> = samples
+        .iter()
+        .filter(|(t, v)| *t < first_below_deadband && (yellow - DEADBAND..yellow).contains(v))
+        .map(|(_, v)| *v)
+        .collect();
+    eprintln!(
+        "cp-lel-05: first below {yellow} at {first_below_set_point} ms, below {} at {first_below_deadband} ms, cleared at {cleared_at} ms ({delay:+} ms); {} samples inside the deadband before that: {in_band:?}",
+        yellow - DEADBAND,
+        in_band.len()
+    );
+    assert!(
+        delay >= -100,
+        "cleared {delay} ms before the gas fell below the deadband"
+    );
+    assert!(
+        delay <= (POLL_SIM_MS + 1_000) as i64,
+        "cleared {delay} ms after the gas fell below the deadband"
+    );
+    // The deadband did something: the gas sat between the set point and the set point less
+    // the deadband for a while, and the alarm held.
+    assert!(
+        cleared_at > first_below_set_point + POLL_SIM_MS + 1_000,
+        "cleared at {cleared_at} ms, too close to the first dip below the set point at {first_below_set_point} ms for the deadband to have held it"
+    );
 }
