@@ -1506,7 +1506,9 @@ function drawTrend() {
     for (const side of ['high', 'low']) {
       for (const l of ALARM_LEVELS) {
         const v = rule[side] ? rule[side][l] : null;
-        if (v !== null && v !== undefined) setPoints.push({ level: l, value: v, colour: LEVEL_COLOURS[l] });
+        if (v !== null && v !== undefined) {
+          setPoints.push({ level: l, value: v, colour: LEVEL_COLOURS[l], label: t(`level.${l}`) });
+        }
       }
     }
   }

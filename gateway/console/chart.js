@@ -39,7 +39,7 @@ function timeTicks(from, to) {
 
 /**
  * The chart. `opts`: points ([[ms, value]...], oldest first), from, to (ms), unit,
- * setPoints ([{level, value, colour}]), locale, title (for screen readers).
+ * setPoints ([{level, value, colour, label}]), locale, title (for screen readers).
  */
 export function trendChart(opts) {
   const pts = (opts.points || []).filter((p) => Number.isFinite(p[1]));
@@ -122,6 +122,17 @@ export function trendChart(opts) {
         stroke: sp.colour,
         class: 'setpoint',
         'data-level': sp.level,
+      }),
+    );
+    svg.append(
+      s('text', {
+        x: PAD.left + 6,
+        y: y(sp.value) - 5,
+        'text-anchor': 'start',
+        class: 'setpoint-label',
+        'data-level': sp.level,
+        fill: sp.colour,
+        text: sp.label ? `${sp.label} ${nf.format(sp.value)}` : nf.format(sp.value),
       }),
     );
   }

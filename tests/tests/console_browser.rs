@@ -421,6 +421,14 @@ async fn operators_see_and_acknowledge_a_live_alarm_engineers_edit_thresholds_vi
     // 2. The operator.
     page.c.goto(&format!("{}/", page.base)).await.unwrap();
     page.el("login-form").await;
+    // Script errors and content-security-policy violations from here on are collected.
+    page.js("window.__problems = [];
+         window.addEventListener('error', (e) => window.__problems.push(`error: ${e.message}`));
+         window.addEventListener('unhandledrejection', (e) =>
+           window.__problems.push(`rejection: ${e.reason && e.reason.message || e.reason}`));
+         document.addEventListener('securitypolicyviolation', (e) =>
+           window.__problems.push(`csp: ${e.violatedDirective} ${e.blockedURI}`));")
+        .await;
     let title = page.c.title().await.unwrap();
     assert_eq!(
         title, "Tianzhong gateway console",
@@ -656,6 +664,8 @@ async fn operators_see_and_acknowledge_a_live_alarm_engineers_edit_thresholds_vi
         (n.parse::<u32>().ok()? > 0).then_some(())
     })
     .await;
+    page.js("document.querySelector('[data-testid=\"trend-chart\"]').scrollIntoView();")
+        .await;
     page.el("node-last-seen").await;
     page.text_where("health-source", "the MQTT node's health note", |t| {
         t.contains("MQTT")
@@ -721,6 +731,11 @@ async fn operators_see_and_acknowledge_a_live_alarm_engineers_edit_thresholds_vi
     .await;
     assert_eq!(page.c.title().await.unwrap(), "天中网关操作台");
     page.shot("overview-zh").await;
+    assert_eq!(
+        page.js("return window.__problems;").await,
+        json!([]),
+        "no script error or policy violation in the page"
+    );
     // Remembered across a reload (and the session survives it).
     page.c.refresh().await.unwrap();
     page.text_where("tab-overview", "Chinese after a reload", |t| t == "总览")
