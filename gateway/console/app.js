@@ -83,6 +83,8 @@ function fmtTime(ms) {
 
 function fmtAge(ms) {
   if (!ms) return t('common.never');
+  // A device clock running ahead: its time, rather than a misleading "0 s ago".
+  if (ms > Date.now() + 5000) return fmtTime(ms);
   const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
   if (s < 90) return t('age.s', { n: s });
   if (s < 90 * 60) return t('age.min', { n: Math.round(s / 60) });
@@ -822,7 +824,9 @@ function alarmTable(list, testid) {
           ),
           h('td', { text: channelName(a.node, a.ch) }),
           h('td', {
-            text: `${t(`condition.${a.condition}`)}${a.side ? ` (${t(`side.${a.side}`)})` : ''}`,
+            text: a.side
+              ? t('alarms.with_side', { c: t(`condition.${a.condition}`), s: t(`side.${a.side}`) })
+              : t(`condition.${a.condition}`),
           }),
           h(
             'td',
