@@ -225,6 +225,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("creating {}", options.data_dir.display()))?;
     let data_dir = options.data_dir.canonicalize()?;
+    // The demo's users start afresh every run, so the admin's one-time password is printed
+    // every time (a real gateway prints it once, on its first run, and never again).
+    for f in ["users.sqlite", "users.sqlite-wal", "users.sqlite-shm"] {
+        let _ = std::fs::remove_file(data_dir.join(f));
+    }
 
     eprintln!(
         "tianzhong demo: scenario `{}`, {} nodes on {} buses, speed x{}",
@@ -280,14 +285,15 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             .display()
     );
     if let Some(addr) = gateway.http_addr() {
+        eprintln!("  console         http://{addr}/  (log in as admin, below)");
         eprintln!("  metrics         http://{addr}/metrics");
         eprintln!(
-            "  alarms API      http://{addr}/api/alarms (POST /api/login for a token), live: /api/alarms/stream"
+            "  API             http://{addr}/api/openapi.json (POST /api/login for a token), live: /api/stream"
         );
     }
     if let Some(secret) = gateway.first_run_secret() {
         eprintln!(
-            "  first run       user `admin`, one-time password {secret} (kept in users.sqlite; not shown again)"
+            "  admin           user `admin`, one-time password {secret} (the demo resets its users every run)"
         );
     }
     if options.speed != 1.0 {
