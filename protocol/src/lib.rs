@@ -16,6 +16,7 @@
 //! | [`frame`] | the versioned binary uplink frame (postcard + CRC + COBS) |
 //! | [`topic`] | the versioned MQTT topic scheme `tianzhong/v1/{site}/{node}/{kind}` |
 //! | [`payload`] | the JSON payloads of those topics |
+//! | [`image`] | signed firmware images: header, TLV trailer, SHA-256 and ed25519 checks |
 //!
 //! # Features
 //!
@@ -31,6 +32,7 @@ pub mod convert;
 pub mod crc;
 pub mod frame;
 pub mod id;
+pub mod image;
 pub mod payload;
 pub mod quantity;
 pub mod reading;
