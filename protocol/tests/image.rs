@@ -123,11 +123,12 @@ fn header() -> ImageHeader {
         },
         security_counter: 5,
         image_size: 0, // set by build
+        header_len: 64,
     }
 }
 
 fn build(payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; ImageFile::len_for(payload.len())];
+    let mut out = vec![0u8; ImageFile::len_for(64, payload.len())];
     let n = ImageFile::build(&header(), payload, &SECRET, &mut out).unwrap();
     assert_eq!(n, out.len());
     out
@@ -151,6 +152,31 @@ fn built_image_parses_and_checks() {
     assert_eq!(
         signature::verify(&public, &image.trailer.digest, &image.trailer.signature),
         Ok(())
+    );
+}
+
+#[test]
+fn padded_header_for_an_aligned_payload() {
+    let payload = [0x77u8; 700];
+    let header = ImageHeader {
+        header_len: 512,
+        ..header()
+    };
+    let mut bytes = vec![0u8; ImageFile::len_for(512, payload.len())];
+    ImageFile::build(&header, &payload, &SECRET, &mut bytes).unwrap();
+    assert_eq!(bytes.len(), 512 + 700 + TRAILER_LEN);
+    assert_eq!(&bytes[6..8], &[0x00, 0x02]);
+    assert!(bytes[64..512].iter().all(|&b| b == 0));
+    assert_eq!(&bytes[512..1212], &payload[..]);
+    let image = ImageFile::parse(&bytes).unwrap();
+    assert_eq!(image.payload, &payload[..]);
+    // The digest covers the padding.
+    assert_eq!(image.trailer.digest, signature::sha256(&bytes[..1212]));
+    assert_eq!(image.check(&signature::public_key(&SECRET)).verdict, Ok(()));
+    bytes[100] = 1;
+    assert_eq!(
+        ImageFile::parse(&bytes),
+        Err(FileError::PaddingNotZero { offset: 100 })
     );
 }
 

@@ -13,7 +13,7 @@ use super::trailer::{TRAILER_LEN, Trailer, TrailerError};
 pub struct ImageFile<'a> {
     /// The header.
     pub header: ImageHeader,
-    /// The header's bytes (what the digest covers, with the payload).
+    /// The header's bytes, padding included (what the digest covers, with the payload).
     pub header_bytes: &'a [u8],
     /// The payload.
     pub payload: &'a [u8],
@@ -40,6 +40,11 @@ pub enum FileError {
     },
     /// The trailer is malformed.
     Trailer(TrailerError),
+    /// A byte of the header's padding is not zero.
+    PaddingNotZero {
+        /// Its offset in the image.
+        offset: usize,
+    },
     /// The output buffer is too small for the image being built.
     BufferTooSmall {
         /// Bytes needed.
@@ -59,6 +64,9 @@ impl fmt::Display for FileError {
                 write!(f, "{extra} bytes follow the trailer")
             }
             FileError::Trailer(e) => write!(f, "trailer: {e}"),
+            FileError::PaddingNotZero { offset } => {
+                write!(f, "header padding byte at offset {offset} is not zero")
+            }
             FileError::BufferTooSmall { needed } => {
                 write!(f, "the image needs a buffer of {needed} bytes")
             }
@@ -97,11 +105,17 @@ impl<'a> ImageFile<'a> {
                 extra: bytes.len() - needed,
             });
         }
+        let header_len = usize::from(header.header_len);
+        if let Some(i) = bytes[HEADER_LEN..header_len].iter().position(|&b| b != 0) {
+            return Err(FileError::PaddingNotZero {
+                offset: HEADER_LEN + i,
+            });
+        }
         let trailer = Trailer::parse(&bytes[signed..]).map_err(FileError::Trailer)?;
         Ok(ImageFile {
             header,
-            header_bytes: &bytes[..HEADER_LEN],
-            payload: &bytes[HEADER_LEN..signed],
+            header_bytes: &bytes[..header_len],
+            payload: &bytes[header_len..signed],
             trailer,
         })
     }
@@ -124,13 +138,14 @@ impl<'a> ImageFile<'a> {
         }
     }
 
-    /// Bytes of an image with a payload of `payload_len` bytes.
-    pub fn len_for(payload_len: usize) -> usize {
-        HEADER_LEN + payload_len + TRAILER_LEN
+    /// Bytes of an image with a header of `header_len` bytes (padding included) and a payload
+    /// of `payload_len` bytes.
+    pub fn len_for(header_len: u16, payload_len: usize) -> usize {
+        usize::from(header_len) + payload_len + TRAILER_LEN
     }
 
     /// Builds and signs an image of `payload` into `out`, returning its length. The header's
-    /// `image_size` is set from the payload.
+    /// `image_size` is set from the payload; its `header_len` sets the padding.
     pub fn build(
         header: &ImageHeader,
         payload: &[u8],
@@ -144,19 +159,22 @@ impl<'a> ImageFile<'a> {
             ..header.clone()
         };
         let header_bytes = header.encode().map_err(FileError::Header)?;
-        let needed = Self::len_for(payload.len());
+        let header_len = usize::from(header.header_len);
+        let signed = header_len + payload.len();
+        let needed = Self::len_for(header.header_len, payload.len());
         let Some(out) = out.get_mut(..needed) else {
             return Err(FileError::BufferTooSmall { needed });
         };
         out[..HEADER_LEN].copy_from_slice(&header_bytes);
-        out[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(payload);
-        let digest = signature::sha256(&out[..HEADER_LEN + payload.len()]);
+        out[HEADER_LEN..header_len].fill(0);
+        out[header_len..signed].copy_from_slice(payload);
+        let digest = signature::sha256(&out[..signed]);
         let trailer = Trailer {
             key_hash: signature::key_hash(&signature::public_key(secret)),
             digest,
             signature: signature::sign(secret, &digest),
         };
-        out[HEADER_LEN + payload.len()..].copy_from_slice(&trailer.encode());
+        out[signed..].copy_from_slice(&trailer.encode());
         Ok(needed)
     }
 }

@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | 0 | 4 | magic `TZFW` | exactly |
 //! | 4 | 2 | format version ([`FORMAT_VERSION`]) | exactly |
-//! | 6 | 2 | header length ([`HEADER_LEN`]) | exactly |
+//! | 6 | 2 | header length: these 64 bytes and zero padding up to the payload | 64, 128, 256, 512 or 1024 |
 //! | 8 | 16 | hardware model, ASCII, NUL-padded (as the node profile's model register) | printable ASCII, at least one character, nothing after the first NUL |
 //! | 24 | 2 | hardware revision | any |
 //! | 26 | 1 | firmware version: major | any |
@@ -19,13 +19,21 @@
 //!
 //! Reserved bytes must be zero so that a later format version can give them a meaning
 //! without an old node misreading them.
+//!
+//! The padding after the 64 bytes lets the payload start where the processor needs it: a
+//! Cortex-M vector table at the start of the payload must be aligned to its size rounded up to
+//! a power of two (512 bytes on the STM32F405), so its images use a 512-byte header, as
+//! MCUboot's do. The padding is zero and covered by the digest.
 
 use core::fmt;
 
 use crate::registers::profile::{FirmwareVersion, IDENTITY_STRING_LEN, IdentityString};
 
-/// Bytes of a header.
+/// Bytes of the header's fields; the header with its padding is [`ImageHeader::header_len`].
 pub const HEADER_LEN: usize = 64;
+
+/// Longest header with padding.
+pub const MAX_HEADER_LEN: u16 = 1024;
 
 /// The first four bytes of every image.
 pub const MAGIC: [u8; 4] = *b"TZFW";
@@ -84,6 +92,13 @@ pub struct ImageHeader {
     pub security_counter: u32,
     /// Payload bytes.
     pub image_size: u32,
+    /// Bytes from the start of the image to the payload: the 64 bytes of fields and zero
+    /// padding (64, 128, 256, 512 or 1024).
+    pub header_len: u16,
+}
+
+fn header_len_ok(len: u16) -> bool {
+    len.is_power_of_two() && (HEADER_LEN as u16..=MAX_HEADER_LEN).contains(&len)
 }
 
 /// Why bytes are not a valid header, or a header cannot be encoded.
@@ -104,7 +119,7 @@ pub enum HeaderError {
         /// The version in the header.
         found: u16,
     },
-    /// The header length field is not [`HEADER_LEN`].
+    /// The header length field is not 64, 128, 256, 512 or 1024.
     BadHeaderLength {
         /// The length in the header.
         found: u16,
@@ -148,9 +163,10 @@ impl fmt::Display for HeaderError {
                 f,
                 "image format version {found} is not supported (this build reads {FORMAT_VERSION})"
             ),
-            HeaderError::BadHeaderLength { found } => {
-                write!(f, "header length field is {found}, expected {HEADER_LEN}")
-            }
+            HeaderError::BadHeaderLength { found } => write!(
+                f,
+                "header length field is {found}, expected 64, 128, 256, 512 or 1024"
+            ),
             HeaderError::ModelEmpty => write!(f, "hardware model is empty"),
             HeaderError::ModelNotPrintableAscii { position } => {
                 write!(f, "hardware model byte {position} is not printable ASCII")
@@ -198,7 +214,7 @@ impl ImageHeader {
             return Err(HeaderError::UnsupportedFormatVersion { found: format });
         }
         let header_len = u16_at(b, 6);
-        if usize::from(header_len) != HEADER_LEN {
+        if !header_len_ok(header_len) {
             return Err(HeaderError::BadHeaderLength { found: header_len });
         }
         let model_bytes = &b[MODEL];
@@ -243,11 +259,13 @@ impl ImageHeader {
             },
             security_counter: u32_at(b, 32),
             image_size,
+            header_len,
         })
     }
 
-    /// The header's bytes. Fails only for a header that [`ImageHeader::parse`] would refuse
-    /// (an empty or non-ASCII model, an image size out of range).
+    /// The header's 64 bytes of fields (without padding). Fails only for a header that
+    /// [`ImageHeader::parse`] would refuse (an empty or non-ASCII model, an image size or header
+    /// length out of range).
     pub fn encode(&self) -> Result<[u8; HEADER_LEN], HeaderError> {
         // Re-check what the public fields allow to be wrong.
         let hardware = HardwareId::new(&self.hardware.model, self.hardware.revision)?;
@@ -256,10 +274,15 @@ impl ImageHeader {
                 size: self.image_size,
             });
         }
+        if !header_len_ok(self.header_len) {
+            return Err(HeaderError::BadHeaderLength {
+                found: self.header_len,
+            });
+        }
         let mut b = [0u8; HEADER_LEN];
         b[0..4].copy_from_slice(&MAGIC);
         b[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        b[6..8].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
+        b[6..8].copy_from_slice(&self.header_len.to_le_bytes());
         b[8..8 + hardware.model.len()].copy_from_slice(hardware.model.as_bytes());
         b[24..26].copy_from_slice(&hardware.revision.to_le_bytes());
         b[26] = self.version.major;
@@ -270,10 +293,11 @@ impl ImageHeader {
         Ok(b)
     }
 
-    /// Bytes of header and payload: what the digest covers, and where the trailer starts.
+    /// Bytes of header (padding included) and payload: what the digest covers, and where the
+    /// trailer starts.
     pub fn signed_len(&self) -> u32 {
-        // Cannot overflow: image_size <= MAX_IMAGE_SIZE once parsed or encoded.
-        HEADER_LEN as u32 + self.image_size.min(MAX_IMAGE_SIZE)
+        // Cannot overflow: both are bounded once parsed or encoded, and clamped here.
+        u32::from(self.header_len.min(MAX_HEADER_LEN)) + self.image_size.min(MAX_IMAGE_SIZE)
     }
 }
 
@@ -292,6 +316,7 @@ mod tests {
             },
             security_counter: 0x0506_0708,
             image_size: 0x0001_2345,
+            header_len: 64,
         }
     }
 
@@ -333,6 +358,18 @@ mod tests {
         assert_eq!(
             with(6, 0x41),
             Err(HeaderError::BadHeaderLength { found: 0x41 })
+        );
+        assert_eq!(
+            with(6, 0x20),
+            Err(HeaderError::BadHeaderLength { found: 0x20 })
+        );
+        // 512: the STM32F405's vector-table alignment.
+        let mut padded = good;
+        padded[6..8].copy_from_slice(&[0x00, 0x02]);
+        assert_eq!(ImageHeader::parse(&padded).unwrap().header_len, 512);
+        assert_eq!(
+            ImageHeader::parse(&padded).unwrap().signed_len(),
+            512 + 0x1_2345
         );
         assert_eq!(with(8, 0), Err(HeaderError::ModelEmpty));
         assert_eq!(

@@ -24,11 +24,12 @@
 //! | offset | bytes | part |
 //! |---|---|---|
 //! | 0 | [`HEADER_LEN`] (64) | [`ImageHeader`] |
-//! | 64 | `image_size` (from the header) | payload: the firmware as linked |
-//! | 64 + `image_size` | [`TRAILER_LEN`] (148) | [`Trailer`] |
+//! | 64 | `header_len` − 64 | zero padding, so the payload starts aligned (512 bytes for a Cortex-M4 vector table) |
+//! | `header_len` | `image_size` | payload: the firmware as linked |
+//! | `header_len` + `image_size` | [`TRAILER_LEN`] (148) | [`Trailer`] |
 //!
-//! The signature is ed25519 (RFC 8032, pure) over the 32-byte SHA-256 digest of header and
-//! payload, as MCUboot signs the image hash: a node hashes its slot in small pieces straight
+//! The signature is ed25519 (RFC 8032, pure) over the 32-byte SHA-256 digest of header
+//! (padding included) and payload, as MCUboot signs the image hash: a node hashes its slot in small pieces straight
 //! from flash and then verifies a 32-byte message, so it never holds the image in RAM. The
 //! trailer itself is not signed; everything in it is either checked against the signature
 //! (the digest) or only a hint (the key hash).
