@@ -9,6 +9,7 @@
 //! | [`modbus`] | the Modbus RTU slave: frame assembly, function codes, exceptions |
 //! | [`sim`] | simulated sensor hardware (I²C sensors, ADC, pulse counter) for the QEMU board, the simulator and tests |
 //! | [`node`] | the sans-IO node core: sampling, calibration, quality, local alarm, register image, configuration |
+//! | [`update`] | signed A/B firmware updates: the update receiver, the boot state, the boot decision |
 //!
 //! The node speaks the profile defined in [`tianzhong_protocol::registers::profile`].
 #![no_std]
@@ -21,3 +22,4 @@ pub mod hal;
 pub mod modbus;
 pub mod node;
 pub mod sim;
+pub mod update;

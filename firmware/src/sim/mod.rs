@@ -11,11 +11,15 @@
 //! | [`SimAdc`] | an ADC channel whose counts follow a voltage |
 //! | [`SimCounter`] | a hardware pulse counter |
 //! | [`SimFlash`] | NOR flash in RAM, erasing to `0xFF` and programming by clearing bits |
+//! | [`PowerCutFlash`] | NOR flash in RAM whose power can fail in the middle of any write or erase |
 
 use embedded_hal::i2c::{self, ErrorKind, ErrorType, I2c, NoAcknowledgeSource, Operation};
 
 use crate::drivers::sensirion::crc8;
 use crate::hal::{AdcChannel, PulseCounter};
+
+mod power_cut;
+pub use power_cut::{PowerCutError, PowerCutFlash};
 
 /// Appends `word` big-endian with its Sensirion CRC-8.
 fn push_word(out: &mut heapless::Vec<u8, 9>, word: u16) {
