@@ -19,6 +19,7 @@
 //! | [`console`] | the operator console (single-page app embedded in the binary), served at `/` and `/console/…` |
 //! | [`gateway`] | assembling and running a gateway from its configuration |
 //! | [`probe`] | reading one device from the command line |
+//! | [`firmware_cli`] | `tianzhong firmware`: signing keys, signing and inspecting node firmware images |
 //! | [`demo`] | broker, simulated fleet and gateway in one process |
 
 pub mod alarm;
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod config;
 pub mod console;
 pub mod demo;
+pub mod firmware_cli;
 pub mod gateway;
 pub mod http;
 pub mod metrics;

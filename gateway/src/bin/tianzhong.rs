@@ -7,6 +7,7 @@
 //! tianzhong probe --tcp 127.0.0.1:15021 --unit 3
 //! tianzhong probe --rtu /dev/ttyUSB0 --baud 9600 --unit 1
 //! tianzhong probe --config gateway.toml --device met-01
+//! tianzhong firmware keygen|sign|inspect …
 //! ```
 
 use std::net::SocketAddr;
@@ -102,6 +103,11 @@ enum Command {
         #[arg(long)]
         device: Option<String>,
     },
+    /// Signed node firmware: make keys, sign images, inspect them.
+    Firmware {
+        #[command(subcommand)]
+        command: tianzhong_gateway::firmware_cli::FirmwareCommand,
+    },
 }
 
 fn init_logs(default: &str) {
@@ -123,6 +129,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Firmware { command } => tianzhong_gateway::firmware_cli::run(command),
         Command::Run { config: path } => {
             init_logs("info");
             let config = match config::load(&path) {
