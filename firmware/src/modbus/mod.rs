@@ -1,7 +1,7 @@
 //! Modbus RTU slave.
 //!
 //! Hand-written: no maintained `no_std` crate covers an RTU *server* with t3.5 frame assembly,
-//! function codes 03, 04, 06, 16 and 43/14, and exception responses. The CRC is the protocol
+//! function codes 03, 04, 06, 16, 20, 21 and 43/14, and exception responses. The CRC is the protocol
 //! crate's ([`tianzhong_protocol::crc`]).
 //!
 //! # Module map
@@ -13,6 +13,7 @@
 //! | [`frame`] | frame assembly by silent intervals: complete, corrupt (t1.5) or overrun |
 //! | [`pdu`] | request parsing, checks and responses for 03, 04, 06, 16; exception responses |
 //! | [`device_id`] | 43/14 read device identification: streams, individual access, conformity |
+//! | [`file_record`] | 20 read file record and 21 write file record (firmware images travel this way) |
 //! | [`slave`] | [`RtuSlave`]: CRC, unit address and broadcast, replies, counters |
 //!
 //! Everything is sans-IO: the caller stamps received bytes with monotonic microseconds, calls
@@ -52,6 +53,7 @@
 //! ```
 
 pub mod device_id;
+pub mod file_record;
 pub mod frame;
 pub mod pdu;
 pub mod slave;
@@ -93,4 +95,23 @@ pub trait RegisterBank {
     /// device does not have it. Objects 0x00 vendor name, 0x01 product code and 0x02
     /// major-minor revision are mandatory (basic conformity).
     fn device_identification(&self, object_id: u8) -> Option<&str>;
+
+    /// Fills `out` with the registers of file `file` from record `record` (function code 20).
+    /// By default there are no files and the function is not supported (exception 01).
+    fn read_file_record(
+        &mut self,
+        file: u16,
+        record: u16,
+        out: &mut [u16],
+    ) -> Result<(), Exception> {
+        let _ = (file, record, out);
+        Err(Exception::IllegalFunction)
+    }
+
+    /// Writes `data` to file `file` from record `record` (function code 21). By default there
+    /// are no files and the function is not supported (exception 01).
+    fn write_file_record(&mut self, file: u16, record: u16, data: &[u16]) -> Result<(), Exception> {
+        let _ = (file, record, data);
+        Err(Exception::IllegalFunction)
+    }
 }

@@ -2,8 +2,9 @@
 //! diagrams prescribe, and the calls into the [`RegisterBank`].
 //!
 //! Supported: 03 read holding registers, 04 read input registers, 06 write single register,
-//! 16 (0x10) write multiple registers and 43/14 (0x2B/0x0E) read device identification (see
-//! [`device_id`]). Anything else is exception 01.
+//! 16 (0x10) write multiple registers, 20 and 21 (0x14, 0x15) read and write file record (see
+//! [`file_record`](super::file_record), served when the bank has files) and 43/14 (0x2B/0x0E)
+//! read device identification (see [`device_id`]). Anything else is exception 01.
 //!
 //! The order of the checks follows the Modbus application protocol V1.1b3, section 6: the
 //! function code (01), then the quantity and byte count (03), then the address range (02), and
@@ -278,7 +279,10 @@ pub const fn exception_response(function: u8, exception: Exception) -> [u8; 2] {
 /// Parses and executes a request PDU, writing either its response or its exception response
 /// into `out`.
 pub fn handle<B: RegisterBank + ?Sized>(pdu: &[u8], bank: &mut B, out: &mut [u8]) -> Handled {
-    let result = parse_request(pdu).and_then(|request| respond(&request, bank, out));
+    let result = match super::file_record::handle(pdu, bank, out) {
+        Some(result) => result,
+        None => parse_request(pdu).and_then(|request| respond(&request, bank, out)),
+    };
     match result {
         Ok(len) => Handled::Response(len),
         Err(exception) => {

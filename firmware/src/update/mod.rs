@@ -19,6 +19,7 @@
 //! | [`transfer`] | the transfer sector: which image is being received, and the last chunk written |
 //! | [`receiver`] | [`UpdateReceiver`]: offer, chunks with CRC, resume, final checks, staging |
 //! | [`boot`] | [`decide`](boot::decide): which slot to boot, as a function of flash contents |
+//! | [`modbus_files`] | the receiver behind Modbus file records (21 write, 20 read): offer, chunks, finish, status |
 //!
 //! # Life of an update
 //!
@@ -44,6 +45,7 @@ pub mod boot;
 pub mod boot_state;
 pub mod flash;
 pub mod layout;
+pub mod modbus_files;
 pub mod receiver;
 pub mod transfer;
 pub mod verify;

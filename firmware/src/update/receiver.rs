@@ -245,6 +245,11 @@ impl UpdateReceiver {
         &self.layout
     }
 
+    /// Bytes of the image being received (header, payload, trailer).
+    pub fn image_len(&self) -> Option<u32> {
+        self.transfer.map(|t| t.total)
+    }
+
     /// The transfer in progress: (slot, next chunk, chunks).
     pub fn progress(&self) -> Option<Accepted> {
         self.transfer.map(|t| Accepted {
