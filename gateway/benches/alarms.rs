@@ -79,7 +79,7 @@ fn main() {
             tokio::spawn(async move {
                 let mut last_batch = None;
                 while let Some(out) = sink.recv().await {
-                    match out {
+                    match out.output {
                         Output::Readings(r) => last_batch = Some(r[0].reading.seq as usize),
                         Output::Alarms(a) => {
                             let at = Instant::now();

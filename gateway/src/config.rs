@@ -90,6 +90,11 @@
 //! [alarms.groups]                  # node groups, for rules that select by group; a node is
 //! "gas-detector" = ["gas-01", "gas-02"]  # in at most one group
 //!
+//! [outbox]                         # durable store-and-forward between sources and sinks; on
+//! enabled = true                   #   by default (see the outbox module for the policy when
+//! max_mb = 1024                    #   full); its bound on disk, MiB; default 1024
+//! fsync_interval_ms = 20           # longest a batch waits for its group commit; default 20
+//!
 //! [sink.local_store]               # readings kept under data_dir (SQLite); on by default
 //! enabled = true
 //! retention_hours = 48             # older readings are deleted; default 48
@@ -202,9 +207,20 @@ pub struct Config {
     pub calibrations: Vec<Calibration>,
     /// Whether the alarm engine runs (`[alarms] enabled`, default true).
     pub alarms_enabled: bool,
+    /// The durable outbox (`[outbox]`), when on.
+    pub outbox: Option<OutboxSettings>,
     /// Node groups (`[alarms.groups]`): group name and its nodes, in file order. A node is in
     /// at most one group.
     pub node_groups: Vec<(String, Vec<NodeId>)>,
+}
+
+/// The durable outbox's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxSettings {
+    /// Its bound on disk, bytes.
+    pub max_bytes: u64,
+    /// Longest a batch waits for its group commit.
+    pub fsync_interval: Duration,
 }
 
 /// How the ingestion stage behaves.
@@ -478,6 +494,15 @@ struct RawConfig {
     #[serde(default)]
     calibration: Vec<Spanned<RawCalibration>>,
     alarms: Option<RawAlarms>,
+    outbox: Option<RawOutbox>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbox {
+    enabled: Option<bool>,
+    max_mb: Option<Spanned<f64>>,
+    fsync_interval_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -778,6 +803,7 @@ impl Context<'_> {
             });
         }
         let node_groups = self.node_groups(raw.alarms.as_ref())?;
+        let outbox = self.outbox(raw.outbox.as_ref())?;
         Ok(Config {
             gateway,
             buses: buses.into_iter().map(|b| b.bus).collect(),
@@ -790,7 +816,45 @@ impl Context<'_> {
             calibrations,
             alarms_enabled: raw.alarms.as_ref().and_then(|a| a.enabled).unwrap_or(true),
             node_groups,
+            outbox,
         })
+    }
+
+    fn outbox(&self, raw: Option<&RawOutbox>) -> Result<Option<OutboxSettings>, ConfigError> {
+        let mut settings = OutboxSettings {
+            max_bytes: 1 << 30,
+            fsync_interval: Duration::from_millis(20),
+        };
+        let Some(raw) = raw else {
+            return Ok(Some(settings));
+        };
+        if raw.enabled == Some(false) {
+            return Ok(None);
+        }
+        if let Some(mb) = &raw.max_mb {
+            let v = *mb.get_ref();
+            // Below 16 MiB a single group commit could not fit; above 1 TiB is a typo.
+            if !(v.is_finite() && (16.0..=1_048_576.0).contains(&v)) {
+                return Err(self.error(
+                    mb.span(),
+                    "outbox.max_mb",
+                    "a size in MiB from 16 to 1048576",
+                ));
+            }
+            settings.max_bytes = (v * 1_048_576.0) as u64;
+        }
+        if let Some(ms) = &raw.fsync_interval_ms {
+            let v = *ms.get_ref();
+            if !(0..=10_000).contains(&v) {
+                return Err(self.error(
+                    ms.span(),
+                    "outbox.fsync_interval_ms",
+                    "milliseconds from 0 to 10000",
+                ));
+            }
+            settings.fsync_interval = Duration::from_millis(v as u64);
+        }
+        Ok(Some(settings))
     }
 
     fn node_groups(

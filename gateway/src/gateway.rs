@@ -19,7 +19,8 @@ use crate::alarm::AlarmEngine;
 use crate::auth::Users;
 use crate::config::Config;
 use crate::metrics::{DeviceCounters, DeviceRow, DeviceTable, Metrics};
-use crate::pipeline::Ingest;
+use crate::outbox::{Outbox, OutboxConfig};
+use crate::pipeline::{Acker, Delivery, Ingest};
 use crate::sinks::influx::writer::{Writer, WriterConfig};
 use crate::sinks::{alarm_audit, influx, local_store, upstream_mqtt};
 use crate::sources::modbus::bus::BusTask;
@@ -36,7 +37,11 @@ pub struct Gateway {
     ingest: JoinHandle<()>,
     sinks: Vec<JoinHandle<()>>,
     http: Option<JoinHandle<()>>,
+    outbox: Option<Arc<Outbox>>,
 }
+
+/// The outbox's file under the data directory.
+pub const OUTBOX_FILE: &str = "outbox.sqlite";
 
 impl Gateway {
     /// Starts everything the configuration describes.
@@ -56,7 +61,9 @@ impl Gateway {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let queue = config.pipeline.queue_batches;
         let (events, events_rx) = mpsc::channel(queue);
+        // Feeders (from the outbox) and sinks; on shutdown both are waited for.
         let mut sinks = Vec::new();
+        let mut sink_tasks = Vec::new();
         let mut ingest = Ingest::new(
             events_rx,
             Transforms::new(&config.pipeline, &config.calibrations),
@@ -68,6 +75,59 @@ impl Gateway {
                 config.gateway.data_dir.display()
             )
         })?;
+        // The durable outbox, with a cursor for each sink the configuration names.
+        let mut sink_names: Vec<&str> = Vec::new();
+        if config.alarms_enabled {
+            sink_names.push(alarm_audit::SINK);
+        }
+        if config.local_store.is_some() {
+            sink_names.push(local_store::SINK);
+        }
+        if config.influxdb.is_some() {
+            sink_names.push(influx::sink::SINK);
+        }
+        if config.upstream_mqtt.is_some() {
+            sink_names.push(upstream_mqtt::SINK);
+        }
+        let outbox = match &config.outbox {
+            Some(settings) => {
+                let path = config.gateway.data_dir.join(OUTBOX_FILE);
+                let outbox = Outbox::open(
+                    &path,
+                    OutboxConfig {
+                        max_bytes: settings.max_bytes,
+                        fsync_interval: settings.fsync_interval,
+                        sinks: sink_names.iter().map(|s| (*s).to_owned()).collect(),
+                        ..OutboxConfig::default()
+                    },
+                )
+                .with_context(|| format!("opening the outbox {}", path.display()))?;
+                let outbox = Arc::new(outbox);
+                ingest = ingest.with_outbox(Arc::clone(&outbox));
+                Some(outbox)
+            }
+            None => None,
+        };
+        let (ingest_done_tx, ingest_done) = watch::channel(false);
+        // Connects a sink: fed from the outbox (with an acker for its confirmations) when
+        // there is one, else straight from the ingestion stage.
+        let mut attach = |ingest: &mut Ingest, name: &str| -> (mpsc::Receiver<Delivery>, Acker) {
+            match &outbox {
+                Some(outbox) => {
+                    let (rx, tx) = ingest.add_sink_fed(name, queue);
+                    let (acker, confirmations) = Acker::channel();
+                    sinks.push(tokio::spawn(crate::pipeline::feed::run(
+                        Arc::clone(outbox),
+                        name.to_owned(),
+                        tx,
+                        confirmations,
+                        ingest_done.clone(),
+                    )));
+                    (rx, acker)
+                }
+                None => (ingest.add_sink(name, queue), Acker::none()),
+            }
+        };
         // Node groups: polled devices and MQTT nodes alike.
         let group_of: HashMap<NodeId, String> = config
             .node_groups
@@ -102,41 +162,45 @@ impl Gateway {
             let engine = Arc::new(std::sync::Mutex::new(engine));
             shared_engine = Some(Arc::clone(&engine));
             ingest = ingest.with_shared_alarms(engine);
-            let rx = ingest.add_sink(alarm_audit::SINK, queue);
-            sinks.push(tokio::spawn(alarm_audit::run(
+            let (rx, acker) = attach(&mut ingest, alarm_audit::SINK);
+            sink_tasks.push(tokio::spawn(alarm_audit::run(
                 config.gateway.data_dir.join(alarm_audit::FILE_NAME),
                 rx,
+                acker,
                 Arc::clone(&metrics),
             )));
         }
 
         if let Some(store) = &config.local_store {
             let path = config.gateway.data_dir.join(local_store::FILE_NAME);
-            let rx = ingest.add_sink(local_store::SINK, queue);
-            sinks.push(tokio::spawn(local_store::run(
+            let (rx, acker) = attach(&mut ingest, local_store::SINK);
+            sink_tasks.push(tokio::spawn(local_store::run(
                 path,
                 store.retention,
                 rx,
+                acker,
                 Arc::clone(&metrics),
             )));
         }
         if let Some(influx_config) = &config.influxdb {
             let writer =
                 Writer::new(WriterConfig::from_sink(influx_config)).context("InfluxDB sink")?;
-            let rx = ingest.add_sink(influx::sink::SINK, queue);
-            sinks.push(tokio::spawn(influx::sink::run(
+            let (rx, acker) = attach(&mut ingest, influx::sink::SINK);
+            sink_tasks.push(tokio::spawn(influx::sink::run(
                 writer,
                 influx_config.batch_size,
                 influx_config.flush_interval,
                 rx,
+                acker,
                 Arc::clone(&metrics),
             )));
         }
         if let Some(up) = &config.upstream_mqtt {
-            let rx = ingest.add_sink(upstream_mqtt::SINK, queue);
-            sinks.push(tokio::spawn(upstream_mqtt::run(
+            let (rx, acker) = attach(&mut ingest, upstream_mqtt::SINK);
+            sink_tasks.push(tokio::spawn(upstream_mqtt::run(
                 up.clone(),
                 rx,
+                acker,
                 Arc::clone(&metrics),
             )));
         }
@@ -184,7 +248,12 @@ impl Gateway {
             events: events.clone(),
             shutdown: shutdown_rx.clone(),
         };
-        let ingest = tokio::spawn(ingest.run());
+        drop(attach);
+        sinks.extend(sink_tasks);
+        let ingest = tokio::spawn(async move {
+            ingest.run().await;
+            let _ = ingest_done_tx.send(true);
+        });
 
         let mut sources = Vec::new();
         for bus in &config.buses {
@@ -227,6 +296,7 @@ impl Gateway {
             ingest,
             sinks,
             http,
+            outbox,
         })
     }
 
@@ -260,7 +330,14 @@ impl Gateway {
             }
         };
         if tokio::time::timeout(grace, drain).await.is_err() {
-            tracing::warn!("sinks did not finish flushing within {grace:?}");
+            tracing::warn!(
+                "sinks did not finish within {grace:?}; what they did not confirm stays in the outbox"
+            );
+        }
+        if let Some(outbox) = &self.outbox
+            && let Err(e) = outbox.close().await
+        {
+            tracing::error!("closing the outbox: {e}");
         }
         if let Some(h) = self.http {
             let _ = h.await;

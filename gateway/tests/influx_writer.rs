@@ -431,16 +431,17 @@ fn record(seq: u32) -> tianzhong_gateway::pipeline::Record {
     }
 }
 
-/// The sink task: batches by size, flushes a partial batch after the flush interval and at
-/// shutdown, and counts a refused batch as rejected rather than losing track of it.
+/// The sink task: flushes by size and after the flush interval, confirms each outbox batch
+/// only once written, and when a body is refused as malformed writes its batches one by one,
+/// confirming the good ones and setting aside only the poisoned one.
 #[tokio::test]
-async fn the_sink_batches_by_size_and_time_and_counts_refusals() {
+async fn the_sink_confirms_written_batches_and_sets_aside_only_the_poisoned_one() {
     use tianzhong_gateway::metrics::{DeviceTable, Metrics};
-    use tianzhong_gateway::pipeline::Output;
+    use tianzhong_gateway::outbox::BatchId;
+    use tianzhong_gateway::pipeline::{Acker, Confirmation, Delivery, Output};
     use tianzhong_gateway::sinks::influx::sink;
 
     let stub = Stub::start(vec![
-        status(204),
         status(204),
         Reply::Status(
             400,
@@ -448,61 +449,102 @@ async fn the_sink_batches_by_size_and_time_and_counts_refusals() {
             r#"{"code":"invalid","message":"bad line"}"#.into(),
         ),
         status(204),
+        Reply::Status(
+            400,
+            Vec::new(),
+            r#"{"code":"invalid","message":"bad line"}"#.into(),
+        ),
+        status(204),
+        status(204),
+        status(204),
     ])
     .await;
     let metrics = Arc::new(Metrics::new(DeviceTable::default()));
     let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let (acker, mut confirmations) = Acker::channel();
     let task = tokio::spawn(sink::run(
         writer(&stub.url),
         3,
         Duration::from_millis(300),
         rx,
+        acker,
         Arc::clone(&metrics),
     ));
-    // 7 readings in two batches: two full writes of 3, and 1 left waiting.
-    let first: Vec<_> = (0..4).map(record).collect();
-    let second: Vec<_> = (4..7).map(record).collect();
-    tx.send(Output::Readings(first.into())).await.unwrap();
-    tx.send(Output::Readings(second.into())).await.unwrap();
-    // The partial batch goes after the flush interval, without more input.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stub.received().len() < 3 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let deliver = |id: u64, seqs: std::ops::Range<u32>| Delivery {
+        output: Output::Readings(seqs.map(record).collect::<Vec<_>>().into()),
+        batch: Some(BatchId(id)),
+    };
+    // Batch 1 alone reaches the size: written (204).
+    tx.send(deliver(1, 0..4)).await.unwrap();
+    // Batches 2, 3, 4 fill the next body, which is refused (400); one by one, 2 and 4 pass
+    // and 3 is refused again.
+    tx.send(deliver(2, 4..5)).await.unwrap();
+    tx.send(deliver(3, 5..6)).await.unwrap();
+    tx.send(deliver(4, 6..7)).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let c = tokio::time::timeout(Duration::from_secs(10), confirmations.recv())
+            .await
+            .expect("confirmations")
+            .unwrap();
+        seen.push(c);
     }
-    {
-        let received = stub.received();
-        let lines: Vec<usize> = received.iter().map(|r| r.body.lines().count()).collect();
-        assert_eq!(lines, vec![3, 3, 1]);
-        // Lines in order, each reading once.
-        let seqs: Vec<String> = received
-            .iter()
-            .flat_map(|r| r.body.lines().map(str::to_owned).collect::<Vec<_>>())
-            .map(|l| {
-                l.split("seq=")
-                    .nth(1)
-                    .unwrap()
-                    .split('u')
-                    .next()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
-        assert_eq!(seqs, ["0", "1", "2", "3", "4", "5", "6"]);
-        assert!(received[2].at - received[1].at >= Duration::from_millis(250));
+    assert_eq!(seen[0], Confirmation::Done(BatchId(1)));
+    assert_eq!(seen[1], Confirmation::Done(BatchId(2)));
+    match &seen[2] {
+        Confirmation::Rejected(id, reason) => {
+            assert_eq!(*id, BatchId(3));
+            assert!(reason.contains("bad line"), "{reason}");
+        }
+        other => panic!("expected batch 3 rejected, got {other:?}"),
     }
-    // The third write was refused (400): 1 point rejected and counted. Closing the channel
-    // flushes the last one.
-    tx.send(Output::Readings(vec![record(7)].into()))
+    assert_eq!(seen[3], Confirmation::Done(BatchId(4)));
+    // A partial body goes after the flush interval, without more input.
+    let before = Instant::now();
+    tx.send(deliver(5, 7..8)).await.unwrap();
+    let c = tokio::time::timeout(Duration::from_secs(10), confirmations.recv())
         .await
+        .unwrap()
         .unwrap();
+    assert_eq!(c, Confirmation::Done(BatchId(5)));
+    assert!(before.elapsed() >= Duration::from_millis(250));
+    // Closing the channel flushes what is held.
+    tx.send(deliver(6, 8..9)).await.unwrap();
     drop(tx);
     task.await.unwrap();
-    assert_eq!(stub.received().len(), 4);
+    assert_eq!(
+        confirmations.recv().await,
+        Some(Confirmation::Done(BatchId(6)))
+    );
+    let received = stub.received();
+    let lines: Vec<usize> = received.iter().map(|r| r.body.lines().count()).collect();
+    assert_eq!(lines, vec![4, 3, 1, 1, 1, 1, 1]);
+    // Batch 3's reading (seq 5) was never written; every other one was, once.
+    let written: Vec<String> = [0usize, 2, 4, 5, 6]
+        .iter()
+        .flat_map(|&i| {
+            received[i]
+                .body
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .map(|l| {
+            l.split("seq=")
+                .nth(1)
+                .unwrap()
+                .split('u')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(written, ["0", "1", "2", "3", "4", "6", "7", "8"]);
     let text = metrics.render();
     for expected in [
-        "tianzhong_sink_points_total{sink=\"influxdb\",result=\"written\"} 7",
-        "tianzhong_sink_points_total{sink=\"influxdb\",result=\"rejected\"} 1",
-        "tianzhong_sink_errors_total{sink=\"influxdb\",kind=\"malformed\"} 1",
+        "tianzhong_sink_points_total{sink=\"influxdb\",result=\"written\"} 8",
+        "tianzhong_sink_points_total{sink=\"influxdb\",result=\"dead_lettered\"} 1",
+        "tianzhong_sink_errors_total{sink=\"influxdb\",kind=\"malformed\"} 2",
     ] {
         assert!(text.contains(expected), "{expected} not in\n{text}");
     }

@@ -13,9 +13,9 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use tianzhong_protocol::SiteId;
+use tianzhong_protocol::{AlarmLevel, ChannelId, NodeId, SiteId};
 
-use super::{Cause, Transition};
+use super::{AlarmKey, AlarmState, Cause, Condition, Operator, Side, Transition};
 
 /// A transition and the site of its node.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,5 +78,150 @@ impl AlarmEvent {
     }
 }
 
+const STATES: [AlarmState; 8] = [
+    AlarmState::Normal,
+    AlarmState::ActiveUnacked,
+    AlarmState::ActiveAcked,
+    AlarmState::ClearedUnacked,
+    AlarmState::LatchedUnacked,
+    AlarmState::LatchedAcked,
+    AlarmState::Shelved,
+    AlarmState::OutOfService,
+];
+
+impl AlarmEvent {
+    /// Reads back what [`AlarmEvent::to_json`] wrote (as the durable outbox stores it).
+    pub fn from_json(v: &serde_json::Value) -> Result<AlarmEvent, String> {
+        let text = |k: &str| {
+            v[k].as_str()
+                .ok_or_else(|| format!("alarm event: `{k}` missing or not text"))
+        };
+        let uint = |k: &str| {
+            v[k].as_u64()
+                .ok_or_else(|| format!("alarm event: `{k}` missing or not a number"))
+        };
+        let state = |k: &str| {
+            let t = text(k)?;
+            STATES
+                .into_iter()
+                .find(|s| s.key() == t)
+                .ok_or_else(|| format!("alarm event: `{k}` {t:?} is not a state"))
+        };
+        let level = |k: &str| {
+            let t = text(k)?;
+            AlarmLevel::ALL
+                .into_iter()
+                .find(|l| l.key() == t)
+                .ok_or_else(|| format!("alarm event: `{k}` {t:?} is not a level"))
+        };
+        let node = NodeId::new(text("node")?).map_err(|e| format!("alarm event: node: {e}"))?;
+        let condition = {
+            let t = text("condition")?;
+            Condition::ALL
+                .into_iter()
+                .find(|c| c.key() == t)
+                .ok_or_else(|| format!("alarm event: condition {t:?}"))?
+        };
+        let channel = u16::try_from(uint("ch")?).map_err(|e| format!("alarm event: ch: {e}"))?;
+        let op =
+            || -> Result<Operator, String> { Ok(Operator::new(text("user")?, text("comment")?)) };
+        let cause = match text("cause")? {
+            "raised" => Cause::Raised,
+            "escalated" => Cause::Escalated,
+            "de_escalated" => Cause::DeEscalated,
+            "cleared" => Cause::Cleared,
+            "acknowledged" => Cause::Acknowledged(op()?),
+            "shelved" => Cause::Shelved {
+                by: op()?,
+                until_ms: uint("until")?,
+            },
+            "unshelved" => Cause::Unshelved(op()?),
+            "shelve_expired" => Cause::ShelveExpired,
+            "removed_from_service" => Cause::RemovedFromService(op()?),
+            "returned_to_service" => Cause::ReturnedToService(op()?),
+            "latch_reset" => Cause::LatchReset(op()?),
+            "rule_removed" => Cause::RuleRemoved,
+            other => return Err(format!("alarm event: cause {other:?}")),
+        };
+        let side = match v["side"].as_str() {
+            None => None,
+            Some("high") => Some(Side::High),
+            Some("low") => Some(Side::Low),
+            Some(other) => return Err(format!("alarm event: side {other:?}")),
+        };
+        Ok(AlarmEvent {
+            site: v["site"]
+                .as_str()
+                .map(SiteId::new)
+                .transpose()
+                .map_err(|e| format!("alarm event: site: {e}"))?,
+            transition: Transition {
+                key: AlarmKey::new(node, ChannelId(channel), condition),
+                from: state("from_state")?,
+                to: state("state")?,
+                from_level: level("from_level")?,
+                level: level("level")?,
+                side,
+                value: v["value"].as_f64().unwrap_or(f64::NAN),
+                at_ms: uint("at")?,
+                cause,
+                rules_version: uint("rules_version")?,
+            },
+        })
+    }
+}
+
 /// Events of one batch, shared by the sinks.
 pub type AlarmEvents = Arc<[AlarmEvent]>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cause_reads_back_as_written() {
+        let op = Operator::new("duty", "crew sent");
+        for cause in [
+            Cause::Raised,
+            Cause::Escalated,
+            Cause::DeEscalated,
+            Cause::Cleared,
+            Cause::Acknowledged(op.clone()),
+            Cause::Shelved {
+                by: op.clone(),
+                until_ms: 99,
+            },
+            Cause::Unshelved(op.clone()),
+            Cause::ShelveExpired,
+            Cause::RemovedFromService(op.clone()),
+            Cause::ReturnedToService(op.clone()),
+            Cause::LatchReset(op.clone()),
+            Cause::RuleRemoved,
+        ] {
+            let e = AlarmEvent {
+                site: Some(SiteId::new("plant-a").unwrap()),
+                transition: Transition {
+                    key: AlarmKey::new(
+                        NodeId::new("gas-01").unwrap(),
+                        ChannelId(3),
+                        Condition::Threshold,
+                    ),
+                    from: AlarmState::ActiveUnacked,
+                    to: AlarmState::ActiveAcked,
+                    from_level: AlarmLevel::Yellow,
+                    level: AlarmLevel::Red,
+                    side: Some(Side::High),
+                    value: 51.5,
+                    at_ms: 1_764_316_800_000,
+                    cause,
+                    rules_version: 4,
+                },
+            };
+            assert_eq!(AlarmEvent::from_json(&e.to_json()).unwrap(), e);
+        }
+        let mut v = serde_json::json!({"node": "gas-01"});
+        assert!(AlarmEvent::from_json(&v).unwrap_err().contains("condition"));
+        v["ch"] = 1.into();
+        assert!(AlarmEvent::from_json(&v).is_err());
+    }
+}

@@ -429,10 +429,22 @@ impl Outbox {
     /// Up to `max_batches` durable batches after `sink`'s cursor, in order. A batch that does
     /// not decode is dead-lettered for this sink and left out.
     pub async fn read(&self, sink: &str, max_batches: usize) -> Result<Vec<Batch>, Error> {
+        self.read_after(sink, None, max_batches).await
+    }
+
+    /// Like [`Outbox::read`], but after `after` when that is beyond the sink's cursor: for a
+    /// sink with batches in flight (sent, not yet confirmed), which must not be read twice.
+    pub async fn read_after(
+        &self,
+        sink: &str,
+        after: Option<BatchId>,
+        max_batches: usize,
+    ) -> Result<Vec<Batch>, Error> {
         let sink_owned = sink.to_owned();
         let raw = self
             .call(|reply| Cmd::Read {
                 sink: sink_owned,
+                after: after.map(|a| a.0),
                 max: max_batches,
                 reply,
             })

@@ -46,6 +46,9 @@ pub(super) enum Cmd {
     Append(Pending),
     Read {
         sink: String,
+        /// Read after this id rather than the cursor, when it is beyond the cursor (a sink that
+        /// has batches in flight, sent but not yet confirmed).
+        after: Option<u64>,
         max: usize,
         reply: oneshot::Sender<Result<Vec<RawBatch>, Error>>,
     },
@@ -318,8 +321,13 @@ impl Store {
                 self.first_change.get_or_insert_with(Instant::now);
                 self.pending.push(p);
             }
-            Cmd::Read { sink, max, reply } => {
-                let _ = reply.send(self.read(&sink, max));
+            Cmd::Read {
+                sink,
+                after,
+                max,
+                reply,
+            } => {
+                let _ = reply.send(self.read(&sink, after, max));
             }
             Cmd::Ack { sink, upto, reply } => {
                 let _ = reply.send(self.ack(&sink, upto));
@@ -355,8 +363,9 @@ impl Store {
             .ok_or_else(|| Error::UnknownSink(sink.to_owned()))
     }
 
-    fn read(&mut self, sink: &str, max: usize) -> Result<Vec<RawBatch>, Error> {
-        let after = self.cursor(sink)?;
+    fn read(&mut self, sink: &str, after: Option<u64>, max: usize) -> Result<Vec<RawBatch>, Error> {
+        let cursor = self.cursor(sink)?;
+        let after = after.map_or(cursor, |a| a.max(cursor));
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, level, bytes FROM batch WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;

@@ -32,10 +32,13 @@ use std::time::Duration;
 
 use crate::alarm::{AlarmEngine, AlarmEvent, AlarmEvents, AlarmState};
 use crate::metrics::Metrics;
+use crate::outbox::{BatchId, Outbox, Ticket};
 use crate::transforms::Transforms;
 
+pub mod feed;
 pub mod live;
 
+pub use feed::{Acker, Confirmation};
 pub use live::LiveView;
 
 /// The gateway's clock: Unix time in ms, as records and transitions are stamped.
@@ -72,15 +75,43 @@ pub struct StatusEvent {
 }
 
 /// What sources send to the ingestion stage.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 pub enum Event {
     /// Readings of one poll or one message.
     Readings(Vec<Record>),
+    /// Readings whose source waits to hear they are stored (an MQTT message, acknowledged to
+    /// the broker only then): the receipt is sent once the batch is durable in the outbox —
+    /// or at once when nothing of it needed storing (all duplicates) or there is no outbox.
+    /// It is dropped unsent when the batch could not be stored.
+    Acked(Vec<Record>, Receipt),
     /// A node came or went.
     Status(StatusEvent),
     /// Alarm transitions made outside the stage (operator actions through the API), to be
     /// published, stored and audited like the engine's own.
     Alarms(Vec<AlarmEvent>),
+}
+
+/// Sent to a source once its batch is stored (see [`Event::Acked`]).
+pub type Receipt = tokio::sync::oneshot::Sender<()>;
+
+/// What a sink receives: an output and, when it came through the durable outbox, the batch
+/// it belongs to, to confirm through its [`Acker`] once written.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// What to write.
+    pub output: Output,
+    /// Its outbox batch.
+    pub batch: Option<BatchId>,
+}
+
+impl Delivery {
+    /// Not from the outbox: nothing to confirm.
+    pub fn direct(output: Output) -> Delivery {
+        Delivery {
+            output,
+            batch: None,
+        }
+    }
 }
 
 /// What the ingestion stage sends to each sink: shared, because every sink gets the same
@@ -114,9 +145,11 @@ pub struct Ingest {
     alarms: Option<SharedEngine>,
     live: tokio::sync::broadcast::Sender<Arc<AlarmEvent>>,
     sites: HashMap<tianzhong_protocol::NodeId, SiteId>,
-    sinks: Vec<(String, mpsc::Sender<Output>)>,
+    sinks: Vec<(String, mpsc::Sender<Delivery>)>,
     metrics: Arc<Metrics>,
     view: Arc<LiveView>,
+    outbox: Option<Arc<Outbox>>,
+    receipts: Option<mpsc::UnboundedSender<(Ticket, Receipt)>>,
 }
 
 impl Ingest {
@@ -135,7 +168,30 @@ impl Ingest {
             sinks: Vec::new(),
             metrics,
             view: Arc::new(LiveView::default()),
+            outbox: None,
+            receipts: None,
         }
+    }
+
+    /// Stores readings and alarm transitions in `outbox` instead of handing them to the sinks:
+    /// each sink then reads them from the outbox ([`feed`]), and sources are told when what
+    /// they sent is durable. Node status still goes to the sinks directly (it is state, and
+    /// the newest wins).
+    pub fn with_outbox(mut self, outbox: Arc<Outbox>) -> Ingest {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Ticket, Receipt)>();
+        let waiter = Arc::clone(&outbox);
+        // Tickets become durable in order, so one task waiting on each in turn tells every
+        // source as soon as its batch is stored, and in the order the batches came.
+        tokio::spawn(async move {
+            while let Some((ticket, receipt)) = rx.recv().await {
+                if waiter.durable(ticket).await.is_ok() {
+                    let _ = receipt.send(());
+                }
+            }
+        });
+        self.outbox = Some(outbox);
+        self.receipts = Some(tx);
+        self
     }
 
     /// Evaluates alarms with `engine`.
@@ -159,11 +215,21 @@ impl Ingest {
         Arc::clone(&self.view)
     }
 
-    /// Adds a sink, returning the receiving end it reads from.
-    pub fn add_sink(&mut self, name: &str, capacity: usize) -> mpsc::Receiver<Output> {
+    /// Adds a sink, returning the receiving end it reads from, and the sending end for a
+    /// feeder from the outbox (see [`feed::run`]).
+    pub fn add_sink(&mut self, name: &str, capacity: usize) -> mpsc::Receiver<Delivery> {
+        self.add_sink_fed(name, capacity).0
+    }
+
+    /// Adds a sink; also returns a sender for its outbox feeder.
+    pub fn add_sink_fed(
+        &mut self,
+        name: &str,
+        capacity: usize,
+    ) -> (mpsc::Receiver<Delivery>, mpsc::Sender<Delivery>) {
         let (tx, rx) = mpsc::channel(capacity);
-        self.sinks.push((name.to_owned(), tx));
-        rx
+        self.sinks.push((name.to_owned(), tx.clone()));
+        (rx, tx)
     }
 
     /// Runs until every source has hung up, then closes the sinks' channels so they flush and
@@ -183,23 +249,67 @@ impl Ingest {
                 }
             };
             match event {
-                Event::Readings(mut batch) => {
-                    self.metrics.readings_received.inc_by(batch.len() as u64);
-                    self.transforms.apply(&mut batch, &self.metrics);
-                    if batch.is_empty() {
-                        continue;
-                    }
-                    self.metrics.readings_forwarded.inc_by(batch.len() as u64);
-                    let alarms = self.evaluate(&batch);
-                    let batch: Arc<[Record]> = batch.into();
-                    self.view.update(&batch);
-                    self.send(Output::Readings(batch)).await;
-                    self.publish_alarms(alarms).await;
+                Event::Readings(batch) => self.readings(batch, None).await,
+                Event::Acked(batch, receipt) => self.readings(batch, Some(receipt)).await,
+                Event::Status(status) => {
+                    self.send(Delivery::direct(Output::Status(Arc::new(status))))
+                        .await;
                 }
-                Event::Status(status) => self.send(Output::Status(Arc::new(status))).await,
                 Event::Alarms(events) => self.publish_alarms(events).await,
             }
         }
+        if let Some(outbox) = &self.outbox
+            && let Err(e) = outbox.flush().await
+        {
+            tracing::error!("outbox: the last batches could not be committed: {e}");
+        }
+    }
+
+    async fn readings(&mut self, mut batch: Vec<Record>, receipt: Option<Receipt>) {
+        self.metrics.readings_received.inc_by(batch.len() as u64);
+        self.transforms.apply(&mut batch, &self.metrics);
+        if batch.is_empty() {
+            // Nothing new to store (duplicates, say): the source may let go at once.
+            if let Some(r) = receipt {
+                let _ = r.send(());
+            }
+            return;
+        }
+        self.metrics.readings_forwarded.inc_by(batch.len() as u64);
+        let alarms = self.evaluate(&batch);
+        let batch: Arc<[Record]> = batch.into();
+        self.view.update(&batch);
+        match &self.outbox {
+            Some(outbox) => match outbox.append_readings(&batch).await {
+                Ok(ticket) => {
+                    if let (Some(r), Some(receipts)) = (receipt, &self.receipts) {
+                        let _ = receipts.send((ticket, r));
+                    }
+                }
+                Err(e) => {
+                    // The receipt is dropped unsent: an MQTT message stays unacknowledged
+                    // and the broker delivers it again.
+                    self.metrics
+                        .readings_dropped
+                        .get_or_create(&crate::metrics::ReasonLabels {
+                            reason: "outbox_error".into(),
+                        })
+                        .inc_by(batch.len() as u64);
+                    tracing::error!(
+                        node = %batch[0].reading.node,
+                        readings = batch.len(),
+                        "outbox: readings not stored: {e}"
+                    );
+                }
+            },
+            None => {
+                self.send(Delivery::direct(Output::Readings(batch))).await;
+                if let Some(r) = receipt {
+                    let _ = r.send(());
+                }
+            }
+        }
+        self.publish_alarms(alarms).await;
     }
 
     fn evaluate(&mut self, batch: &[Record]) -> Vec<AlarmEvent> {
@@ -232,7 +342,23 @@ impl Ingest {
         for e in &events {
             let _ = self.live.send(Arc::new(e.clone()));
         }
-        self.send(Output::Alarms(events.into())).await;
+        match &self.outbox {
+            Some(outbox) => {
+                for e in &events {
+                    let payload = e.to_json().to_string();
+                    if let Err(err) = outbox
+                        .append_alarm(&e.transition.key.node, payload.as_bytes())
+                        .await
+                    {
+                        tracing::error!(alarm = %e.transition.key, "outbox: alarm transition not stored: {err}");
+                    }
+                }
+            }
+            None => {
+                self.send(Delivery::direct(Output::Alarms(events.into())))
+                    .await
+            }
+        }
     }
 
     async fn tick(&mut self) {
@@ -274,10 +400,10 @@ impl Ingest {
         Some((events, active))
     }
 
-    async fn send(&self, output: Output) {
+    async fn send(&self, delivery: Delivery) {
         for (name, sink) in &self.sinks {
             // A sink that has stopped (it logged why) must not hold up the others.
-            if sink.send(output.clone()).await.is_err() {
+            if sink.send(delivery.clone()).await.is_err() {
                 self.metrics.sink_gone(name);
             }
         }

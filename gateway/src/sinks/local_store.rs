@@ -9,8 +9,11 @@
 //! and costs one fsync per checkpoint rather than per batch. Readings older than the
 //! retention are deleted once a minute.
 //!
-//! This is a history, not the outbox: nothing here is replayed. SQLite runs on a blocking
-//! thread, since its calls block.
+//! Fed from the durable outbox, it confirms each group of batches once its transaction has
+//! committed. Writes are idempotent — a reading is identified by `(node, channel, ts_ms,
+//! seq)` and a transition by `(at_ms, node, channel, condition, state, cause)`, both unique
+//! indexes, with `INSERT OR IGNORE` — so batches replayed after a crash are not stored twice.
+//! SQLite runs on a blocking thread, since its calls block.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +25,7 @@ use tracing::{error, info};
 
 use crate::alarm::AlarmEvent;
 use crate::metrics::Metrics;
-use crate::pipeline::{Output, Record};
+use crate::pipeline::{Acker, Delivery, Output, Record};
 
 /// Name of this sink in metrics and logs.
 pub const SINK: &str = "local_store";
@@ -48,7 +51,7 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
              quality  TEXT    NOT NULL,
              seq      INTEGER NOT NULL
          );
-         CREATE INDEX IF NOT EXISTS reading_by_channel ON reading (node, channel, ts_ms);
+         CREATE UNIQUE INDEX IF NOT EXISTS reading_identity ON reading (node, channel, ts_ms, seq);
          CREATE TABLE IF NOT EXISTS alarm_transition (
              at_ms     INTEGER NOT NULL,
              site      TEXT,
@@ -61,20 +64,21 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
              value     REAL,
              json      TEXT    NOT NULL
          );
-         CREATE INDEX IF NOT EXISTS alarm_by_time ON alarm_transition (at_ms);",
+         CREATE UNIQUE INDEX IF NOT EXISTS alarm_identity
+             ON alarm_transition (at_ms, node, channel, condition, state, cause);",
     )?;
     Ok(conn)
 }
 
-fn insert_alarms(conn: &mut Connection, events: &[AlarmEvent]) -> rusqlite::Result<()> {
+fn insert_alarms(conn: &mut Connection, groups: &[Arc<[AlarmEvent]>]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO alarm_transition
+            "INSERT OR IGNORE INTO alarm_transition
                  (at_ms, site, node, channel, condition, state, level, cause, value, json)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
-        for e in events {
+        for e in groups.iter().flat_map(|g| g.iter()) {
             let t = &e.transition;
             stmt.execute(params![
                 t.at_ms as i64,
@@ -93,15 +97,16 @@ fn insert_alarms(conn: &mut Connection, events: &[AlarmEvent]) -> rusqlite::Resu
     tx.commit()
 }
 
-fn insert(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<()> {
+/// One transaction for the whole group: the confirmation covers all of it.
+fn insert(conn: &mut Connection, groups: &[Arc<[Record]>]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO reading (site, node, channel, quantity, unit, ts_ms, value, quality, seq)
+            "INSERT OR IGNORE INTO reading (site, node, channel, quantity, unit, ts_ms, value, quality, seq)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
         let mut flag = [0u8; 4];
-        for r in records {
+        for r in groups.iter().flat_map(|g| g.iter()) {
             let q = &r.reading;
             stmt.execute(params![
                 r.site.as_str(),
@@ -123,7 +128,8 @@ fn insert(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<()> {
 pub async fn run(
     path: PathBuf,
     retention: Duration,
-    mut input: mpsc::Receiver<Output>,
+    mut input: mpsc::Receiver<Delivery>,
+    acker: Acker,
     metrics: Arc<Metrics>,
 ) {
     let opened = {
@@ -149,8 +155,10 @@ pub async fn run(
     let mut alarms: Vec<Arc<[AlarmEvent]>> = Vec::new();
     while let Some(first) = input.recv().await {
         let mut next = Some(first);
-        while let Some(o) = next.take() {
-            match o {
+        let mut newest = None;
+        while let Some(d) = next.take() {
+            newest = d.batch.or(newest);
+            match d.output {
                 Output::Readings(r) => pending.push(r),
                 Output::Alarms(a) => alarms.push(a),
                 Output::Status(_) => {}
@@ -160,6 +168,7 @@ pub async fn run(
             }
         }
         if pending.is_empty() && alarms.is_empty() {
+            acker.done(newest);
             continue;
         }
         let batches = std::mem::take(&mut pending);
@@ -168,36 +177,43 @@ pub async fn run(
         if prune {
             last_prune = std::time::Instant::now();
         }
-        let result = tokio::task::spawn_blocking(move || {
-            let mut n = 0u64;
-            for b in &batches {
-                insert(&mut conn, b)?;
-                n += b.len() as u64;
-            }
-            for a in &alarm_batches {
-                insert_alarms(&mut conn, a)?;
-            }
-            if prune {
-                let cutoff =
-                    crate::pipeline::unix_ms().saturating_sub(retention.as_millis() as u64);
-                conn.execute("DELETE FROM reading WHERE ts_ms < ?1", [cutoff as i64])?;
-            }
-            Ok::<_, rusqlite::Error>((conn, n))
-        })
-        .await;
-        match result {
-            Ok(Ok((c, n))) => {
-                conn = c;
-                metrics.sink_points(SINK, "written", n);
-            }
-            Ok(Err(e)) => {
-                metrics.sink_error(SINK, "sqlite");
-                error!(path = %path.display(), "local store write failed: {e}; the store stops");
-                return;
-            }
-            Err(e) => {
-                error!("local store task failed: {e}");
-                return;
+        // A failed write (disk full, say) is retried, not given up: the batches stay
+        // unconfirmed in the outbox meanwhile, and the first retry that succeeds confirms them.
+        let mut retry = Duration::from_millis(200);
+        loop {
+            let (b, a) = (batches.clone(), alarm_batches.clone());
+            let result = tokio::task::spawn_blocking(move || {
+                let r = (|| {
+                    insert(&mut conn, &b)?;
+                    insert_alarms(&mut conn, &a)?;
+                    if prune {
+                        let cutoff =
+                            crate::pipeline::unix_ms().saturating_sub(retention.as_millis() as u64);
+                        conn.execute("DELETE FROM reading WHERE ts_ms < ?1", [cutoff as i64])?;
+                    }
+                    Ok::<_, rusqlite::Error>(b.iter().map(|b| b.len() as u64).sum::<u64>())
+                })();
+                (conn, r)
+            })
+            .await;
+            match result {
+                Ok((c, Ok(n))) => {
+                    conn = c;
+                    metrics.sink_points(SINK, "written", n);
+                    acker.done(newest);
+                    break;
+                }
+                Ok((c, Err(e))) => {
+                    conn = c;
+                    metrics.sink_error(SINK, "sqlite");
+                    error!(path = %path.display(), "local store write failed: {e}; retrying in {retry:?}");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => {
+                    error!("local store task failed: {e}");
+                    return;
+                }
             }
         }
     }

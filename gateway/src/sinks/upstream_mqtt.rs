@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use crate::config::UpstreamMqttSink;
 use crate::metrics::Metrics;
-use crate::pipeline::{Output, Record};
+use crate::pipeline::{Acker, Delivery, Output, Record};
 use crate::sources::mqtt::host_port;
 
 /// Name of this sink in metrics and logs.
@@ -110,10 +110,54 @@ pub fn telemetry_messages(prefix: &str, records: &[Record]) -> Vec<(String, Vec<
     out
 }
 
-/// Runs the sink until its channel closes.
+/// Counts the broker's acknowledgements of what the sink published, as a watermark: every
+/// publish up to `acked` (numbered from 1 in the order they were made) is acknowledged.
+///
+/// rumqttc reports each QoS 1 publish as it goes out with its packet id, and each PUBACK with
+/// the same id; publishes go out in the order they were made, and a retransmission after a
+/// reconnect reuses its packet id, so the first sighting of an id numbers it. QoS 0 publishes
+/// count as done once they have gone out.
+#[derive(Default)]
+struct Watermark {
+    next: u64,
+    inflight: std::collections::HashMap<u16, u64>,
+    done: std::collections::BTreeSet<u64>,
+    acked: u64,
+}
+
+impl Watermark {
+    fn outgoing(&mut self, pkid: u16) {
+        if pkid == 0 {
+            self.next += 1;
+            self.done.insert(self.next);
+        } else if !self.inflight.contains_key(&pkid) {
+            self.next += 1;
+            self.inflight.insert(pkid, self.next);
+            return;
+        }
+        self.advance();
+    }
+
+    fn puback(&mut self, pkid: u16) {
+        if let Some(n) = self.inflight.remove(&pkid) {
+            self.done.insert(n);
+            self.advance();
+        }
+    }
+
+    fn advance(&mut self) {
+        while self.done.remove(&(self.acked + 1)) {
+            self.acked += 1;
+        }
+    }
+}
+
+/// Runs the sink until its channel closes. Each outbox batch is confirmed once the broker has
+/// acknowledged every message made from it (and everything published before them).
 pub async fn run(
     config: UpstreamMqttSink,
-    mut input: mpsc::Receiver<Output>,
+    mut input: mpsc::Receiver<Delivery>,
+    acker: Acker,
     metrics: Arc<Metrics>,
 ) {
     let (host, port) = match host_port(&config.broker) {
@@ -130,9 +174,11 @@ pub async fn run(
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
     let broker = config.broker.clone();
     let loop_metrics = Arc::clone(&metrics);
+    let (acked_tx, mut acked_rx) = tokio::sync::watch::channel(0u64);
     let driver = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let mut connected = false;
+        let mut mark = Watermark::default();
         loop {
             match eventloop.poll().await {
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
@@ -141,8 +187,14 @@ pub async fn run(
                     loop_metrics.mqtt_connected("upstream", true);
                     info!(%broker, "upstream MQTT connected");
                 }
-                Ok(MqttEvent::Incoming(Packet::PubAck(_))) => {
+                Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
                     loop_metrics.sink_points(SINK, "acknowledged", 1);
+                    mark.puback(ack.pkid);
+                    acked_tx.send_replace(mark.acked);
+                }
+                Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
+                    mark.outgoing(pkid);
+                    acked_tx.send_replace(mark.acked);
                 }
                 Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
                 Ok(_) => {}
@@ -162,13 +214,40 @@ pub async fn run(
     });
     let level = qos(config.qos);
     let mut buf = vec![0u8; 512];
-    'outer: while let Some(output) = input.recv().await {
-        match output {
+    // Publishes made so far, and the outbox batches waiting for their last one's PUBACK.
+    let mut published = 0u64;
+    let mut waiting: std::collections::VecDeque<(u64, crate::outbox::BatchId)> =
+        std::collections::VecDeque::new();
+    let confirm =
+        |acked: u64, waiting: &mut std::collections::VecDeque<(u64, crate::outbox::BatchId)>| {
+            let mut newest = None;
+            while waiting.front().is_some_and(|(n, _)| *n <= acked) {
+                newest = waiting.pop_front().map(|(_, b)| b);
+            }
+            acker.done(newest);
+        };
+    'outer: loop {
+        let delivery = tokio::select! {
+            d = input.recv() => match d {
+                Some(d) => d,
+                None => break,
+            },
+            changed = acked_rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let acked = *acked_rx.borrow_and_update();
+                confirm(acked, &mut waiting);
+                continue;
+            }
+        };
+        match delivery.output {
             Output::Readings(records) => {
                 for (topic, payload) in telemetry_messages(&config.topic_prefix, &records) {
                     if client.publish(topic, level, false, payload).await.is_err() {
                         break 'outer;
                     }
+                    published += 1;
                     metrics.sink_points(SINK, "published", 1);
                 }
             }
@@ -189,6 +268,7 @@ pub async fn run(
                     {
                         break 'outer;
                     }
+                    published += 2;
                     metrics.sink_points(SINK, "alarm_published", 1);
                 }
             }
@@ -204,10 +284,54 @@ pub async fn run(
                 {
                     break;
                 }
+                published += 1;
             }
         }
+        if let Some(b) = delivery.batch {
+            waiting.push_back((published, b));
+        }
+        let acked = *acked_rx.borrow();
+        confirm(acked, &mut waiting);
     }
+    // Give the broker a moment to acknowledge what is in flight, so that a clean shutdown
+    // does not leave it all to be replayed.
+    let drain = async {
+        while !waiting.is_empty() {
+            if acked_rx.changed().await.is_err() {
+                break;
+            }
+            let acked = *acked_rx.borrow_and_update();
+            confirm(acked, &mut waiting);
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
     info!(broker = %config.broker, "upstream MQTT sink stopped");
+}
+
+#[cfg(test)]
+mod watermark_tests {
+    use super::Watermark;
+
+    #[test]
+    fn acknowledgements_out_of_order_and_retransmissions_move_the_mark_once() {
+        let mut m = Watermark::default();
+        for pkid in [1, 2, 3] {
+            m.outgoing(pkid);
+        }
+        m.puback(2);
+        assert_eq!(m.acked, 0, "1 is not acknowledged yet");
+        m.outgoing(1); // retransmitted after a reconnect: not a new publish
+        m.puback(1);
+        assert_eq!(m.acked, 2);
+        m.puback(1); // a duplicate PUBACK changes nothing
+        m.outgoing(0); // a QoS 0 publish, done when it goes out, but after 3
+        assert_eq!(m.acked, 2);
+        m.puback(3);
+        assert_eq!(m.acked, 4);
+        m.outgoing(1); // packet id 1 reused for a new publish once acknowledged
+        m.puback(1);
+        assert_eq!(m.acked, 5);
+    }
 }

@@ -175,7 +175,32 @@ pub async fn run(
     options.set_keep_alive(Duration::from_secs(15));
     options.set_clean_session(false);
     options.set_max_packet_size(256 * 1024, 256 * 1024);
+    // A message is acknowledged to the broker only once its readings are durable in the
+    // outbox, so a crash before that leaves it with the broker, which delivers it again.
+    options.set_manual_acks(true);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
+    // Acknowledgements go out in the order the messages came (MQTT 3.1.1 section 4.6), each
+    // once its receipt arrives; a message whose readings could not be stored is left
+    // unacknowledged for the broker to deliver again.
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<(
+        rumqttc::Publish,
+        Option<tokio::sync::oneshot::Receiver<()>>,
+    )>();
+    let ack_client = client.clone();
+    let ack_broker = config.broker.clone();
+    let acker = tokio::spawn(async move {
+        while let Some((p, stored)) = ack_rx.recv().await {
+            if let Some(stored) = stored
+                && stored.await.is_err()
+            {
+                warn!(broker = %ack_broker, topic = %p.topic, "readings not stored; the message is left for the broker to deliver again");
+                continue;
+            }
+            if ack_client.ack(&p).await.is_err() {
+                break;
+            }
+        }
+    });
     let mut backoff = Duration::from_millis(100);
     let mut connected = false;
     loop {
@@ -211,10 +236,18 @@ pub async fn run(
                 metrics.mqtt_messages_sum.inc();
                 let event = match parse(&p.topic, &p.payload, unix_ms()) {
                     Ok(Parsed::Readings(records)) if !records.is_empty() => {
-                        Event::Readings(records)
+                        let (receipt, stored) = tokio::sync::oneshot::channel();
+                        let _ = ack_tx.send((p, Some(stored)));
+                        Event::Acked(records, receipt)
                     }
-                    Ok(Parsed::Status(status)) => Event::Status(status),
-                    Ok(_) => continue,
+                    Ok(Parsed::Status(status)) => {
+                        let _ = ack_tx.send((p, None));
+                        Event::Status(status)
+                    }
+                    Ok(_) => {
+                        let _ = ack_tx.send((p, None));
+                        continue;
+                    }
                     Err(r) => {
                         metrics.malformed("mqtt", r.reason);
                         warn!(
@@ -225,6 +258,8 @@ pub async fn run(
                             r.reason,
                             r.message
                         );
+                        // Refused for good: acknowledged, or the broker would send it forever.
+                        let _ = ack_tx.send((p, None));
                         continue;
                     }
                 };
@@ -249,6 +284,10 @@ pub async fn run(
             }
         }
     }
+    // What is still unacknowledged stays with the broker, which delivers it again to the
+    // next session; the sinks write idempotently, so nothing is stored twice.
+    drop(ack_tx);
+    acker.abort();
     let _ = client.try_disconnect();
     metrics.mqtt_connected("source", false);
     info!(broker = %config.broker, "MQTT source stopped");
