@@ -17,6 +17,7 @@
 //! | [`transport`] | Modbus TCP, Modbus RTU and MQTT |
 //! | [`control`] | the control interface: HTTP on loopback, and an in-process handle |
 //! | [`truth`] | ground truth: every sample taken, served and published |
+//! | [`update`] | firmware updates on a node: the real receiver and boot decision on simulated flash with power cuts |
 
 pub mod bench;
 pub mod clock;
@@ -29,3 +30,4 @@ pub mod signal;
 pub mod spec;
 pub mod transport;
 pub mod truth;
+pub mod update;

@@ -23,6 +23,7 @@ use tianzhong_firmware::drivers::loop_input::LoopInput;
 use tianzhong_firmware::drivers::rain_gauge::{MM_PER_TIP_0_2, RainGauge};
 use tianzhong_firmware::drivers::{scd4x, sht4x};
 use tianzhong_firmware::hal::{AdcChannel, PulseCounter};
+use tianzhong_firmware::modbus::file_record::{READ_FILE_RECORD, WRITE_FILE_RECORD};
 use tianzhong_firmware::modbus::pdu::{self, Handled, Request};
 use tianzhong_firmware::node::config::NodeConfig;
 use tianzhong_firmware::node::storage::{ConfigSlots, ConfigStore};
@@ -38,6 +39,7 @@ use crate::clock::SimMs;
 use crate::fault::Fault;
 use crate::signal::{Component, Signal, SignalError};
 use crate::truth::{GroundTruth, SampleRecord};
+use crate::update::NodeUpdate;
 
 /// Which simulated sensor a channel reads.
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
@@ -226,6 +228,8 @@ pub struct VirtualNode {
     quantities: Vec<Quantity>,
     boots: u16,
     truth: Option<GroundTruth>,
+    /// Update flash and receiver, made on the first file-record request.
+    update: Option<Box<NodeUpdate>>,
 }
 
 const CONFIG_SLOTS: ConfigSlots = ConfigSlots { a: 0, b: 1024 };
@@ -388,6 +392,7 @@ impl VirtualNode {
             quantities,
             boots: 0,
             truth: None,
+            update: None,
         })
     }
 
@@ -628,7 +633,14 @@ impl VirtualNode {
     /// Serves one Modbus request PDU with the firmware's own PDU handler, as the node's slave
     /// would, and logs reads of the channel block as served.
     pub fn modbus(&mut self, request: &[u8], out: &mut [u8], now: SimMs) -> Handled {
+        if let Some(&(READ_FILE_RECORD | WRITE_FILE_RECORD)) = request.first() {
+            return self.modbus_update(request, out, now);
+        }
         let handled = pdu::handle(request, &mut self.core, out);
+        if let (Handled::Response(_), Some(update)) = (&handled, self.update.as_mut()) {
+            // A successful read after a trial boot is the gateway's health poll.
+            update.confirm_if_trial();
+        }
         if let (Handled::Response(_), Ok(Request::ReadInputRegisters { address, quantity })) =
             (&handled, pdu::parse_request(request))
         {
@@ -637,6 +649,33 @@ impl VirtualNode {
             if u32::from(address) < channels_end && end > u32::from(profile::CHANNEL_BLOCK) {
                 truth_served(self, now);
             }
+        }
+        handled
+    }
+
+    /// The node's firmware update side (its flash made on first use): for power cuts and
+    /// inspection. See [`crate::update`].
+    pub fn firmware_update(&mut self) -> &mut NodeUpdate {
+        let model = self.identity.model.clone();
+        self.update
+            .get_or_insert_with(|| Box::new(NodeUpdate::new(&model)))
+    }
+
+    /// Function codes 20 and 21 on the update files. After a staged image or a power cut the
+    /// node resets: it boots what the bootloader decides, reports that image's version in its
+    /// identity block, and starts its core afresh. (A real node that loses power does not
+    /// answer; this one answers 04, server device failure.)
+    fn modbus_update(&mut self, request: &[u8], out: &mut [u8], now: SimMs) -> Handled {
+        let core = &mut self.core;
+        let model = self.identity.model.clone();
+        let update = self
+            .update
+            .get_or_insert_with(|| Box::new(NodeUpdate::new(&model)));
+        let handled = pdu::handle(request, &mut update.bank(core), out);
+        if update.must_reset() {
+            let version = update.reset().header.version;
+            self.identity.firmware = version;
+            self.reboot(now);
         }
         handled
     }

@@ -146,6 +146,15 @@ impl<F: NorFlash> UpdateFiles<F> {
         }
     }
 
+    /// A reset of the node: the receiver forgets everything the flash does not hold.
+    pub fn reset(&mut self) {
+        self.receiver = UpdateReceiver::new(*self.receiver.layout(), self.receiver.trust().clone());
+        self.phase = phase::IDLE;
+        self.last_error = None;
+        self.chunk_size = 0;
+        self.chunks = 0;
+    }
+
     /// The flash, e.g. for the bootloader's decision after a reset.
     pub fn flash_mut(&mut self) -> &mut F {
         &mut self.flash

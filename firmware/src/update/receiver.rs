@@ -245,6 +245,11 @@ impl UpdateReceiver {
         &self.layout
     }
 
+    /// What the receiver trusts.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
     /// Bytes of the image being received (header, payload, trailer).
     pub fn image_len(&self) -> Option<u32> {
         self.transfer.map(|t| t.total)
