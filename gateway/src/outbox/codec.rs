@@ -58,9 +58,6 @@ fn err<T>(what: impl Into<String>) -> Result<T, DecodeError> {
 pub fn encode_readings(records: &[Record], out: &mut Vec<u8>) {
     assert!(records.len() <= MAX_RECORDS, "outbox batch too large");
     out.clear();
-    out.reserve(16 + records.len() * RECORD_BYTES);
-    out.push(VERSION);
-    out.push(KIND_READINGS);
     // Sites and nodes repeat within a batch: each is written once and referred to by index.
     // Consecutive records usually share their node, so the last lookup is tried first.
     let mut strings: Vec<&str> = Vec::new();
@@ -86,6 +83,12 @@ pub fn encode_readings(records: &[Record], out: &mut Vec<u8>) {
         }
         indices.push((pair[0], pair[1]));
     }
+    // Exactly: a batch's buffer is reused for the next (see the outbox's "Memory" docs), so
+    // a short reservation would double its capacity.
+    let strings_len: usize = strings.iter().map(|s| 1 + s.len()).sum();
+    out.reserve_exact(2 + 2 + strings_len + 4 + records.len() * RECORD_BYTES);
+    out.push(VERSION);
+    out.push(KIND_READINGS);
     out.extend_from_slice(&(strings.len() as u16).to_le_bytes());
     for s in &strings {
         out.push(s.len() as u8);
@@ -244,11 +247,236 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     Ok(Decoded::Readings(records))
 }
 
+/// The node of an alarm transition, as stored (a valid [`NodeId`]).
+pub fn alarm_node(bytes: &[u8]) -> Result<&str, DecodeError> {
+    if kind(bytes)? != KIND_ALARM {
+        return err("not an alarm transition");
+    }
+    let node = Cursor { buf: bytes, at: 2 }.id()?;
+    NodeId::new(node).or_else(|e| err(format!("alarm node: {e}")))?;
+    Ok(node)
+}
+
 /// The node of every record in an encoded batch, without decoding the rest (for counting
 /// drops).
 pub fn nodes_of(bytes: &[u8]) -> Result<Vec<NodeId>, DecodeError> {
-    Ok(match decode(bytes)? {
-        Decoded::Readings(r) => r.into_iter().map(|r| r.reading.node).collect(),
-        Decoded::Alarm(node, _) => vec![node],
-    })
+    if kind(bytes)? == KIND_ALARM {
+        let node = alarm_node(bytes)?;
+        return Ok(vec![
+            NodeId::new(node).or_else(|e| err(format!("node: {e}")))?,
+        ]);
+    }
+    let raw = RawReadings::parse(bytes)?;
+    (0..raw.len())
+        .map(|i| NodeId::new(raw.node(i)).or_else(|e| err(format!("node: {e}"))))
+        .collect()
+}
+
+/// A batch of readings read in place: its string table and its records' fields, without
+/// building a [`Record`] per reading. The outbox downsamples and counts drops with it, so
+/// that what it holds in memory for a window of batches is their bytes, not about four
+/// times as much in decoded records.
+///
+/// [`RawReadings::parse`] checks the layout and that every record's site and node indices
+/// name a valid id; it does not check values, quantities or quality flags (a batch wrong in
+/// those still fails [`decode`], and a sink sets it aside).
+#[derive(Clone, Debug)]
+pub struct RawReadings<'a> {
+    /// Version, kind and the string table, as stored.
+    head: &'a [u8],
+    strings: Vec<&'a str>,
+    records: &'a [u8],
+}
+
+impl<'a> RawReadings<'a> {
+    /// Reads a batch of readings in place.
+    pub fn parse(bytes: &'a [u8]) -> Result<RawReadings<'a>, DecodeError> {
+        if kind(bytes)? != KIND_READINGS {
+            return err("not a batch of readings");
+        }
+        let mut c = Cursor { buf: bytes, at: 2 };
+        let n_strings = c.u16()? as usize;
+        let mut strings = Vec::with_capacity(n_strings);
+        for _ in 0..n_strings {
+            strings.push(c.id()?);
+        }
+        let head = &bytes[..c.at];
+        let n = c.u32()? as usize;
+        let records = &bytes[c.at..];
+        if records.len() != n * RECORD_BYTES {
+            return err(format!(
+                "{n} records need {} bytes, {} follow",
+                n * RECORD_BYTES,
+                records.len()
+            ));
+        }
+        // Each string is checked once, as a site or a node, however many records use it.
+        let mut valid: Vec<[Option<bool>; 2]> = vec![[None; 2]; n_strings];
+        for r in records.chunks_exact(RECORD_BYTES) {
+            for (k, what) in [(0, "site"), (1, "node")] {
+                let i = u16::from_le_bytes([r[2 * k], r[2 * k + 1]]) as usize;
+                let Some(ok) = valid.get_mut(i) else {
+                    return err(format!("bad {what} index {i}"));
+                };
+                let ok = *ok[k].get_or_insert_with(|| match k {
+                    0 => SiteId::new(strings[i]).is_ok(),
+                    _ => NodeId::new(strings[i]).is_ok(),
+                });
+                if !ok {
+                    return err(format!("bad {what} index {i}"));
+                }
+            }
+        }
+        Ok(RawReadings {
+            head,
+            strings,
+            records,
+        })
+    }
+
+    fn field<const N: usize>(&self, i: usize, at: usize) -> [u8; N] {
+        let start = i * RECORD_BYTES + at;
+        self.records[start..start + N]
+            .try_into()
+            .expect("length checked at parse")
+    }
+
+    /// How many readings.
+    pub fn len(&self) -> usize {
+        self.records.len() / RECORD_BYTES
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Reading `i`'s node id (a valid [`NodeId`]).
+    pub fn node(&self, i: usize) -> &'a str {
+        self.strings[u16::from_le_bytes(self.field(i, 2)) as usize]
+    }
+
+    /// Reading `i`'s channel.
+    pub fn channel(&self, i: usize) -> u16 {
+        u16::from_le_bytes(self.field(i, 4))
+    }
+
+    /// Reading `i`'s timestamp, ms.
+    pub fn timestamp(&self, i: usize) -> u64 {
+        u64::from_le_bytes(self.field(i, 16))
+    }
+
+    /// Reading `i`'s sequence number.
+    pub fn seq(&self, i: usize) -> u32 {
+        u32::from_le_bytes(self.field(i, 24))
+    }
+
+    /// Encodes into `out` (cleared first) the batch of the readings `keep` selects, in their
+    /// order, as stored (the string table is kept whole).
+    pub fn encode_subset(&self, mut keep: impl FnMut(usize) -> bool, out: &mut Vec<u8>) {
+        out.clear();
+        let kept: Vec<usize> = (0..self.len()).filter(|&i| keep(i)).collect();
+        out.reserve_exact(self.head.len() + 4 + kept.len() * RECORD_BYTES);
+        out.extend_from_slice(self.head);
+        out.extend_from_slice(&(kept.len() as u32).to_le_bytes());
+        for i in kept {
+            out.extend_from_slice(&self.records[i * RECORD_BYTES..(i + 1) * RECORD_BYTES]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(node: &str, site: &str, channel: u16, seq: u32) -> Record {
+        Record {
+            site: SiteId::new(site).unwrap(),
+            reading: Reading {
+                node: NodeId::new(node).unwrap(),
+                channel: ChannelId(channel),
+                quantity: Quantity::ALL[channel as usize % Quantity::ALL.len()],
+                value: seq as f64 * 0.5,
+                timestamp: Timestamp(1_700_000_000_000 + seq as u64 * 1000),
+                seq,
+                quality: Quality::Good,
+            },
+            received_ms: 1_700_000_000_000 + seq as u64 * 1000 + 7,
+            device_time: seq.is_multiple_of(2),
+        }
+    }
+
+    fn records() -> Vec<Record> {
+        (0..40)
+            .map(|i| {
+                let node = ["n-1", "n-2", "n-3"][i % 3];
+                let site = ["s-a", "s-b"][i % 2];
+                record(node, site, (i % 4) as u16, i as u32)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn readings_are_encoded_into_exactly_the_capacity_reserved() {
+        let mut buf = Vec::new();
+        encode_readings(&records(), &mut buf);
+        assert_eq!(buf.capacity(), buf.len());
+        // Reused for a batch of the same shape, it is not reallocated.
+        let ptr = buf.as_ptr();
+        encode_readings(&records(), &mut buf);
+        assert_eq!(buf.as_ptr(), ptr);
+    }
+
+    #[test]
+    fn raw_readings_read_the_fields_in_place_and_keep_subsets() {
+        let records = records();
+        let mut buf = Vec::new();
+        encode_readings(&records, &mut buf);
+        let raw = RawReadings::parse(&buf).unwrap();
+        assert_eq!(raw.len(), records.len());
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(raw.node(i), r.reading.node.as_str());
+            assert_eq!(raw.channel(i), r.reading.channel.0);
+            assert_eq!(raw.timestamp(i), r.reading.timestamp.0);
+            assert_eq!(raw.seq(i), r.reading.seq);
+        }
+        let mut subset = Vec::new();
+        raw.encode_subset(|i| i % 3 != 1, &mut subset);
+        let kept: Vec<Record> = records
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 != 1)
+            .map(|(_, r)| r.clone())
+            .collect();
+        assert_eq!(decode(&subset), Ok(Decoded::Readings(kept)));
+        raw.encode_subset(|_| false, &mut subset);
+        assert_eq!(decode(&subset), Ok(Decoded::Readings(Vec::new())));
+        assert_eq!(
+            nodes_of(&buf).unwrap(),
+            records
+                .iter()
+                .map(|r| r.reading.node.clone())
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn raw_readings_reject_what_decode_rejects_in_the_layout() {
+        let mut buf = Vec::new();
+        encode_readings(&records(), &mut buf);
+        // Truncated.
+        assert!(RawReadings::parse(&buf[..buf.len() - 1]).is_err());
+        // A node index beyond the string table (the first record's node index).
+        let first = buf.len() - 40 * RECORD_BYTES;
+        let mut bad = buf.clone();
+        bad[first + 2..first + 4].copy_from_slice(&99u16.to_le_bytes());
+        assert!(RawReadings::parse(&bad).is_err());
+        assert!(decode(&bad).is_err());
+        // An alarm is not a batch of readings, and has its node.
+        let mut alarm = Vec::new();
+        encode_alarm(&NodeId::new("n-9").unwrap(), b"payload", &mut alarm);
+        assert!(RawReadings::parse(&alarm).is_err());
+        assert_eq!(alarm_node(&alarm), Ok("n-9"));
+        assert!(alarm_node(&buf).is_err());
+    }
 }

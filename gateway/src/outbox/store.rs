@@ -4,28 +4,72 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use tianzhong_protocol::NodeId;
 use tokio::sync::{oneshot, watch};
 use tracing::{error, warn};
 
-use super::codec::{self, Decoded};
+use super::codec::{self, RawReadings};
 use super::{
     BatchId, DeadLetter, Drop as DropCount, DropReason, Error, OutboxConfig, OutboxStats, SinkStats,
 };
-use crate::pipeline::Record;
 
 /// Bytes charged per stored batch beyond its payload: row header, index cell and page slack,
 /// measured as (file size − payload) / rows on a 1 GB store of 100-record batches.
 pub const ROW_OVERHEAD: u64 = 64;
 
-/// How much a downsampling or dropping round reads at a time, bounding its memory.
-const CHUNK_BYTES: u64 = 8 << 20;
+/// How much a downsampling or dropping round reads at a time, bounding its memory (the
+/// window's bytes plus, when downsampling, 24 bytes per reading in it).
+const CHUNK_BYTES: u64 = 4 << 20;
+
+/// Encoding buffers of committed readings batches, handed back to the appenders so that the
+/// next batches are encoded into memory already owned rather than freshly allocated (see
+/// "Memory" in the [module docs](super)).
+pub(super) struct Recycler {
+    /// The spare buffers (emptied) and the sum of their capacities.
+    spare: Mutex<(Vec<Vec<u8>>, usize)>,
+    /// The most capacity kept spare; beyond it, buffers are freed.
+    limit: usize,
+}
+
+impl Recycler {
+    pub fn new(limit: usize) -> Recycler {
+        Recycler {
+            spare: Mutex::new((Vec::new(), 0)),
+            limit,
+        }
+    }
+
+    /// A spare buffer (empty, perhaps with capacity), or a new one.
+    pub fn take(&self) -> Vec<u8> {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        match spare.0.pop() {
+            Some(buf) => {
+                spare.1 -= buf.capacity();
+                buf
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Keeps `bufs` for [`Recycler::take`], up to the limit.
+    pub fn give_back(&self, bufs: impl IntoIterator<Item = Vec<u8>>) {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        for mut buf in bufs {
+            // Freed once a full pending allowance is spare.
+            if spare.1 + buf.capacity() > self.limit {
+                continue;
+            }
+            buf.clear();
+            spare.1 += buf.capacity();
+            spare.0.push(buf);
+        }
+    }
+}
 
 /// A batch encoded by the caller, waiting for the next group commit.
 pub(super) struct Pending {
@@ -76,9 +120,6 @@ pub(super) struct Opened {
     pub next_id: u64,
 }
 
-/// Where a reading is in a downsampling window: (timestamp, seq, batch index, record index).
-type Place = (u64, u32, usize, usize);
-
 /// What the bound is enforced on.
 #[derive(Clone, Copy)]
 struct Acct {
@@ -107,6 +148,7 @@ pub(super) struct Store {
     /// When the oldest uncommitted change (append or ack) arrived.
     first_change: Option<Instant>,
     inflight: Arc<std::sync::atomic::AtomicUsize>,
+    recycler: Arc<Recycler>,
 }
 
 fn now_ms() -> i64 {
@@ -141,6 +183,7 @@ impl Store {
         path: &Path,
         cfg: OutboxConfig,
         inflight: Arc<std::sync::atomic::AtomicUsize>,
+        recycler: Arc<Recycler>,
     ) -> Result<Opened, Error> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -184,11 +227,18 @@ impl Store {
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM batch", [], |r| r.get(0))?;
         let next_id = (meta(&conn, "next_id")?.unwrap_or(1).max(max_id + 1)) as u64;
         let frontier = meta(&conn, "frontier")?.unwrap_or(0) as u64;
-        let (bytes, batches): (i64, i64) = conn.query_row(
-            "SELECT COALESCE(SUM(n_bytes), 0), COUNT(*) FROM batch",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        // The byte count and batch count are kept in `meta` by every commit, so opening does
+        // not read the table (with batches small enough to be stored inline, summing
+        // `n_bytes` reads every page of the backlog). A database written before they were
+        // kept is scanned once.
+        let (bytes, batches): (i64, i64) = match (meta(&conn, "bytes")?, meta(&conn, "batches")?) {
+            (Some(bytes), Some(batches)) => (bytes, batches),
+            _ => conn.query_row(
+                "SELECT COALESCE(SUM(n_bytes), 0), COUNT(*) FROM batch",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?,
+        };
         let mut stored: HashMap<String, u64> = HashMap::new();
         {
             let mut stmt = conn.prepare("SELECT sink, last_id FROM cursor")?;
@@ -231,6 +281,7 @@ impl Store {
             pending_bytes: 0,
             first_change: None,
             inflight,
+            recycler,
         };
         {
             let tx = store.conn.transaction()?;
@@ -369,11 +420,15 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, level, bytes FROM batch WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
+        let recycler = &self.recycler;
         let rows = stmt.query_map(params![after as i64, max as i64], |r| {
+            // Copied into a spare buffer, which `Outbox::read` hands back once decoded.
+            let mut bytes = recycler.take();
+            bytes.extend_from_slice(r.get_ref(2)?.as_blob()?);
             Ok(RawBatch {
                 id: r.get::<_, i64>(0)? as u64,
                 level: r.get(1)?,
-                bytes: r.get(2)?,
+                bytes,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -521,7 +576,12 @@ impl Store {
             self.durable = last.id;
         }
         let n = self.pending_bytes;
-        self.pending.clear();
+        self.recycler.give_back(
+            self.pending
+                .drain(..)
+                .filter(|p| p.kind == codec::KIND_READINGS)
+                .map(|p| p.bytes),
+        );
         self.pending_bytes = 0;
         self.first_change = None;
         self.cursors_dirty = false;
@@ -581,6 +641,8 @@ impl Store {
             set_meta(&tx, "frontier", self.acct.frontier)?;
         }
         set_meta(&tx, "next_id", next_id)?;
+        set_meta(&tx, "bytes", self.acct.bytes)?;
+        set_meta(&tx, "batches", self.acct.batches)?;
         tx.commit()?;
         self.next_id = next_id;
         Ok(())
@@ -613,23 +675,26 @@ impl Acct {
                 if chunk.is_empty() {
                     break;
                 }
-                let mut counts: HashMap<String, u64> = HashMap::new();
+                // Keyed by the node id as stored in the chunk: no allocation per reading.
+                let mut counts: HashMap<&str, u64> = HashMap::new();
                 let mut del = tx.prepare_cached("DELETE FROM batch WHERE id = ?1")?;
-                for (id, n_bytes, bytes) in chunk {
+                for (id, n_bytes, bytes) in &chunk {
                     if self.bytes <= low {
                         break;
                     }
-                    match codec::nodes_of(&bytes) {
-                        Ok(nodes) => {
-                            for n in nodes {
-                                *counts.entry(n.as_str().to_owned()).or_default() += 1;
+                    let parsed = if kind == codec::KIND_READINGS {
+                        RawReadings::parse(bytes).map(|raw| {
+                            for i in 0..raw.len() {
+                                *counts.entry(raw.node(i)).or_default() += 1;
                             }
-                        }
-                        Err(_) => {
-                            *counts.entry(String::new()).or_default() += 1;
-                        }
+                        })
+                    } else {
+                        codec::alarm_node(bytes).map(|node| *counts.entry(node).or_default() += 1)
+                    };
+                    if parsed.is_err() {
+                        *counts.entry("").or_default() += 1;
                     }
-                    del.execute([id as i64])?;
+                    del.execute([*id as i64])?;
                     self.bytes -= n_bytes;
                     self.batches -= 1;
                 }
@@ -639,7 +704,7 @@ impl Acct {
                     } else {
                         reason
                     };
-                    add_drop(tx, &node, r, n)?;
+                    add_drop(tx, node, r, n)?;
                 }
             }
         }
@@ -682,70 +747,90 @@ impl Acct {
     }
 
     /// Keeps one reading in `keep` per (node, channel) across the chunk, in time order (the
-    /// first, the `keep+1`th, …), rewriting each batch with its survivors.
+    /// first, the `keep+1`th, …), rewriting each batch with its survivors. Works on the
+    /// stored bytes ([`RawReadings`]): besides the chunk, it holds 24 bytes per reading.
     fn downsample(
         &mut self,
         tx: &Transaction<'_>,
         chunk: Vec<(u64, u64, Vec<u8>)>,
         keep: usize,
     ) -> Result<(), Error> {
-        let mut decoded: Vec<(u64, u64, Vec<Record>)> = Vec::with_capacity(chunk.len());
-        for (id, n_bytes, bytes) in chunk {
-            match codec::decode(&bytes) {
-                Ok(Decoded::Readings(r)) => decoded.push((id, n_bytes, r)),
-                // Left as they are: a sink will dead-letter an undecodable batch.
-                _ => continue,
+        // Undecodable batches are left as they are: a sink will dead-letter them.
+        let parsed: Vec<(u64, u64, RawReadings<'_>)> = chunk
+            .iter()
+            .filter_map(|(id, n_bytes, bytes)| {
+                RawReadings::parse(bytes).ok().map(|r| (*id, *n_bytes, r))
+            })
+            .collect();
+        // Every reading as (series, timestamp, seq, batch index, record index); sorted, each
+        // series' readings are together and in time order.
+        let mut series: HashMap<(&str, u16), u32> = HashMap::new();
+        let mut places: Vec<(u32, u64, u32, u32, u32)> =
+            Vec::with_capacity(parsed.iter().map(|(_, _, r)| r.len()).sum());
+        for (b, (_, _, raw)) in parsed.iter().enumerate() {
+            for i in 0..raw.len() {
+                let next = series.len() as u32;
+                let s = *series.entry((raw.node(i), raw.channel(i))).or_insert(next);
+                places.push((s, raw.timestamp(i), raw.seq(i), b as u32, i as u32));
             }
         }
-        // (node, channel) -> every reading's (timestamp, seq, batch index, record index).
-        let mut series: HashMap<(NodeId, u16), Vec<Place>> = HashMap::new();
-        for (b, (_, _, records)) in decoded.iter().enumerate() {
-            for (i, r) in records.iter().enumerate() {
-                series
-                    .entry((r.reading.node.clone(), r.reading.channel.0))
-                    .or_default()
-                    .push((r.reading.timestamp.0, r.reading.seq, b, i));
-            }
-        }
-        let mut dropped: Vec<Vec<bool>> = decoded
+        drop(series);
+        places.sort_unstable();
+        let mut dropped: Vec<Vec<bool>> = parsed
             .iter()
             .map(|(_, _, r)| vec![false; r.len()])
             .collect();
-        let mut counts: HashMap<NodeId, u64> = HashMap::new();
-        for ((node, _), mut readings) in series {
-            readings.sort_unstable();
-            for (k, &(_, _, b, i)) in readings.iter().enumerate() {
-                if k % keep != 0 {
-                    dropped[b][i] = true;
-                    *counts.entry(node.clone()).or_default() += 1;
-                }
+        let mut counts: HashMap<&str, u64> = HashMap::new();
+        let (mut current, mut k) = (u32::MAX, 0usize);
+        for &(s, _, _, b, i) in &places {
+            if s != current {
+                (current, k) = (s, 0);
             }
+            if k % keep != 0 {
+                dropped[b as usize][i as usize] = true;
+                *counts
+                    .entry(parsed[b as usize].2.node(i as usize))
+                    .or_default() += 1;
+            }
+            k += 1;
         }
+        drop(places);
         let mut buf = Vec::new();
         let mut update = tx.prepare_cached(
             "UPDATE batch SET level = 1, n_records = ?2, n_bytes = ?3, bytes = ?4 WHERE id = ?1",
         )?;
         let mut delete = tx.prepare_cached("DELETE FROM batch WHERE id = ?1")?;
-        for ((id, n_bytes, records), dropped) in decoded.into_iter().zip(dropped) {
-            let kept: Vec<Record> = records
-                .into_iter()
-                .zip(dropped)
-                .filter_map(|(r, d)| (!d).then_some(r))
-                .collect();
+        for ((id, n_bytes, raw), dropped) in parsed.iter().zip(dropped) {
+            let kept = dropped.iter().filter(|&&d| !d).count();
             self.bytes -= n_bytes;
-            if kept.is_empty() {
-                delete.execute([id as i64])?;
+            if kept == 0 {
+                delete.execute([*id as i64])?;
                 self.batches -= 1;
             } else {
-                codec::encode_readings(&kept, &mut buf);
+                raw.encode_subset(|i| !dropped[i], &mut buf);
                 let new_bytes = buf.len() as u64 + ROW_OVERHEAD;
-                update.execute(params![id as i64, kept.len() as i64, new_bytes as i64, buf])?;
+                update.execute(params![*id as i64, kept as i64, new_bytes as i64, buf])?;
                 self.bytes += new_bytes;
             }
         }
         for (node, n) in counts {
-            add_drop(tx, node.as_str(), DropReason::Downsampled, n)?;
+            add_drop(tx, node, DropReason::Downsampled, n)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recycler_hands_back_buffers_up_to_its_limit() {
+        let r = Recycler::new(100);
+        r.give_back([Vec::with_capacity(60), Vec::with_capacity(60)]);
+        let buf = r.take();
+        assert!(buf.capacity() >= 60 && buf.is_empty());
+        // The second was over the limit and freed.
+        assert_eq!(r.take().capacity(), 0);
     }
 }
