@@ -19,6 +19,7 @@
 //! | [`console`] | the operator console (single-page app embedded in the binary), served at `/` and `/console/…` |
 //! | [`gateway`] | assembling and running a gateway from its configuration |
 //! | [`probe`] | reading one device from the command line |
+//! | [`flash`] | `tianzhong flash`: a signed image to one node over Modbus file records, resumable, with progress |
 //! | [`firmware_cli`] | `tianzhong firmware`: signing keys, signing and inspecting node firmware images |
 //! | [`demo`] | broker, simulated fleet and gateway in one process |
 
@@ -28,6 +29,7 @@ pub mod config;
 pub mod console;
 pub mod demo;
 pub mod firmware_cli;
+pub mod flash;
 pub mod gateway;
 pub mod http;
 pub mod metrics;

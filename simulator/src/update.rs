@@ -19,9 +19,10 @@
 
 use tianzhong_firmware::modbus::{Exception, RegisterBank};
 use tianzhong_firmware::sim::PowerCutFlash;
+pub use tianzhong_firmware::update::BootKind;
 use tianzhong_firmware::update::boot::{self, BootDecision};
 use tianzhong_firmware::update::modbus_files::{UpdateFiles, phase};
-use tianzhong_firmware::update::{BootKind, BootPolicy, FlashLayout, Trust, UpdateReceiver};
+use tianzhong_firmware::update::{BootPolicy, FlashLayout, Trust, UpdateReceiver};
 use tianzhong_protocol::image::signature;
 use tianzhong_protocol::image::{HardwareId, ImageFile, ImageHeader};
 use tianzhong_protocol::registers::profile::FirmwareVersion;

@@ -8,6 +8,7 @@
 //! tianzhong probe --rtu /dev/ttyUSB0 --baud 9600 --unit 1
 //! tianzhong probe --config gateway.toml --device met-01
 //! tianzhong firmware keygen|sign|inspect …
+//! tianzhong flash --node gas-07 --config gateway.toml node.bin.tzfw
 //! ```
 
 use std::net::SocketAddr;
@@ -103,6 +104,8 @@ enum Command {
         #[arg(long)]
         device: Option<String>,
     },
+    /// Send a signed firmware image to one node over Modbus, with a progress bar.
+    Flash(tianzhong_gateway::flash::FlashArgs),
     /// Signed node firmware: make keys, sign images, inspect them.
     Firmware {
         #[command(subcommand)]
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Firmware { command } => tianzhong_gateway::firmware_cli::run(command),
+        Command::Flash(args) => tianzhong_gateway::flash::run(args),
         Command::Run { config: path } => {
             init_logs("info");
             let config = match config::load(&path) {
