@@ -122,6 +122,7 @@ impl Gateway {
                         tx,
                         confirmations,
                         ingest_done.clone(),
+                        ingest.accounts(),
                     )));
                     (rx, acker)
                 }
@@ -244,12 +245,21 @@ impl Gateway {
             live: ingest.live_alarms(),
             view: ingest.live_view(),
             directory: Arc::new(directory),
+            accounts: ingest.accounts(),
+            outbox: outbox.clone(),
             users,
             events: events.clone(),
             shutdown: shutdown_rx.clone(),
         };
-        drop(attach);
         sinks.extend(sink_tasks);
+        if let Some(outbox) = &outbox {
+            tokio::spawn(outbox_metrics(
+                Arc::clone(outbox),
+                Arc::clone(&metrics),
+                ingest.accounts(),
+                shutdown_rx.clone(),
+            ));
+        }
         let ingest = tokio::spawn(async move {
             ingest.run().await;
             let _ = ingest_done_tx.send(true);
@@ -342,5 +352,57 @@ impl Gateway {
         if let Some(h) = self.http {
             let _ = h.await;
         }
+    }
+}
+
+/// Reads the outbox's state into the metrics every two seconds (a scrape must not wait on the
+/// storage thread).
+async fn outbox_metrics(
+    outbox: Arc<Outbox>,
+    metrics: Arc<Metrics>,
+    accounts: Arc<crate::pipeline::Accounts>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use crate::metrics::{KindLabels, NodeReasonLabels, SinkLabels};
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let Ok(stats) = outbox.stats().await else {
+            return;
+        };
+        for (kind, v) in [
+            ("bytes", stats.bytes),
+            ("batches", stats.batches),
+            ("dead_letters", stats.dead_letters),
+            ("dropped_readings", stats.dropped),
+        ] {
+            metrics
+                .outbox
+                .get_or_create(&KindLabels { kind: kind.into() })
+                .set(v as i64);
+        }
+        for s in &stats.sinks {
+            metrics
+                .outbox_behind
+                .get_or_create(&SinkLabels {
+                    sink: s.name.clone(),
+                })
+                .set(s.behind as i64);
+        }
+        if let Ok(drops) = outbox.drops().await {
+            for d in drops {
+                metrics
+                    .outbox_dropped
+                    .get_or_create(&NodeReasonLabels {
+                        node: d.node,
+                        reason: d.reason.as_str().into(),
+                    })
+                    .set(d.count as i64);
+            }
+        }
+        metrics.samples_missing.set(accounts.missing_total() as i64);
     }
 }

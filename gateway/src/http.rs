@@ -21,6 +21,8 @@
 //! | `POST /api/rules` | `{"base_version","rule","reason"}`: add a rule; engineer |
 //! | `DELETE /api/rules/{name}` | `{"base_version","reason"}`: remove a rule; engineer |
 //! | `GET /api/rules/history` | rule changes, newest first: who, when, old, new, why |
+//! | `GET /api/completeness` | per node: samples received and missing (sequence gaps), readings stored, delivered and dead-lettered per sink, dropped when the outbox was full; the outbox's state |
+//! | `GET /api/outbox/dead-letters` | batches a sink refused for good, newest first; engineer |
 //! | `GET /api/openapi.json` | the OpenAPI 3.1 description of all of this; no token needed |
 //!
 //! Everything under `/api` but login and the OpenAPI document needs `Authorization: Bearer TOKEN` (401 without or
@@ -30,6 +32,7 @@
 //! change made against an older version (409), bodies over 16 KiB (413), bad query parameters
 //! (400, naming the parameter). Every write is audited.
 
+mod completeness;
 mod nodes;
 mod rules;
 
@@ -81,6 +84,10 @@ pub struct ApiState {
     pub thresholds: Option<crate::thresholds::Thresholds>,
     /// The nodes the configuration names, and where history is kept.
     pub directory: Arc<Directory>,
+    /// Each node's completeness account.
+    pub accounts: Arc<crate::pipeline::Accounts>,
+    /// The durable outbox, when on.
+    pub outbox: Option<Arc<crate::outbox::Outbox>>,
     /// Turns true when the gateway stops: live streams end, so that a connected client does
     /// not hold the shutdown up.
     pub shutdown: watch::Receiver<bool>,
@@ -555,6 +562,8 @@ pub fn router(state: ApiState) -> Router {
             "/api/rules/{name}",
             put(rules::update).delete(rules::delete),
         )
+        .route("/api/completeness", get(completeness::completeness))
+        .route("/api/outbox/dead-letters", get(completeness::dead_letters))
         .route("/api/openapi.json", get(openapi))
         .merge(crate::console::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))

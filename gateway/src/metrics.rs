@@ -57,6 +57,15 @@ pub struct MalformedLabels {
     pub reason: String,
 }
 
+/// Labels with a `node` and a `reason`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeReasonLabels {
+    /// Node id.
+    pub node: String,
+    /// Reason.
+    pub reason: String,
+}
+
 /// Labels with one `sink`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabels {
@@ -150,6 +159,14 @@ pub struct Metrics {
     pub sink_write_seconds: Family<SinkLabels, Histogram, fn() -> Histogram>,
     /// Per-device Modbus statistics.
     pub devices: std::sync::Arc<DeviceTable>,
+    /// The durable outbox, as last read (bytes, batches, dead letters, readings dropped).
+    pub outbox: Family<KindLabels, Gauge>,
+    /// Batches each sink has yet to confirm.
+    pub outbox_behind: Family<SinkLabels, Gauge>,
+    /// Readings dropped when the outbox was full, per node and reason, since it was created.
+    pub outbox_dropped: Family<NodeReasonLabels, Gauge>,
+    /// Samples nodes made that never reached the gateway (sequence gaps), since it started.
+    pub samples_missing: Gauge,
     /// All of `malformed`, summed (not exported; for status lines and tests).
     pub malformed_sum: Counter,
     /// All of `mqtt_messages`, summed (not exported).
@@ -185,6 +202,10 @@ impl Metrics {
             alarms_active: Family::default(),
             sink_write_seconds: Family::new_with_constructor(write_buckets),
             devices: std::sync::Arc::new(devices),
+            outbox: Family::default(),
+            outbox_behind: Family::default(),
+            outbox_dropped: Family::default(),
+            samples_missing: Gauge::default(),
             malformed_sum: Counter::default(),
             mqtt_messages_sum: Counter::default(),
             registry: Registry::default(),
@@ -253,6 +274,26 @@ impl Metrics {
             "sink_write_seconds",
             "Time per sink write, retries included",
             m.sink_write_seconds.clone(),
+        );
+        registry.register(
+            "outbox",
+            "The durable outbox: bytes, batches, dead_letters, dropped_readings (kind)",
+            m.outbox.clone(),
+        );
+        registry.register(
+            "outbox_behind_batches",
+            "Batches each sink has yet to confirm",
+            m.outbox_behind.clone(),
+        );
+        registry.register(
+            "outbox_dropped_readings",
+            "Readings dropped when the outbox was full, per node and reason, since it was created",
+            m.outbox_dropped.clone(),
+        );
+        registry.register(
+            "samples_missing",
+            "Samples nodes made that never reached the gateway (sequence gaps) since it started",
+            m.samples_missing.clone(),
         );
         registry.register_collector(Box::new(std::sync::Arc::clone(&m.devices)));
         Metrics { registry, ..m }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, warn};
 
+use super::account::{Accounts, NodeCounts, count_by_node};
 use super::{Delivery, Output};
 use crate::alarm::AlarmEvent;
 use crate::outbox::{BatchId, Entry, Outbox};
@@ -89,7 +90,11 @@ pub async fn run(
     tx: mpsc::Sender<Delivery>,
     mut confirmations: mpsc::UnboundedReceiver<Confirmation>,
     mut ingest_done: watch::Receiver<bool>,
+    accounts: Arc<Accounts>,
 ) {
+    // Readings per node of each batch sent and not yet confirmed, for the accounts.
+    let mut unsettled: std::collections::VecDeque<(BatchId, NodeCounts)> =
+        std::collections::VecDeque::new();
     let mut tx = Some(tx);
     // The newest batch handed to the sink; reading goes on after it, not after the cursor,
     // so nothing is sent twice while confirmations lag.
@@ -109,7 +114,12 @@ pub async fn run(
                     for b in batches {
                         sent = Some(b.id);
                         match delivery(b.entry, b.id) {
-                            Ok(d) => queue.push_back(d),
+                            Ok(d) => {
+                                if let Output::Readings(r) = &d.output {
+                                    unsettled.push_back((b.id, count_by_node(r)));
+                                }
+                                queue.push_back(d);
+                            }
                             Err(reason) => {
                                 warn!(%sink, batch = b.id.0, "set aside: {reason}");
                                 if let Err(e) = outbox.dead_letter(&sink, b.id, &reason).await {
@@ -135,14 +145,14 @@ pub async fn run(
             // Closed: collect the last confirmations until the sink hangs up.
             drop(queue);
             while let Some(c) = confirmations.recv().await {
-                confirm(&outbox, &sink, c).await;
+                confirm(&outbox, &sink, c, &mut unsettled, &accounts).await;
             }
             return;
         };
         tokio::select! {
             biased;
             c = confirmations.recv() => match c {
-                Some(c) => confirm(&outbox, &sink, c).await,
+                Some(c) => confirm(&outbox, &sink, c, &mut unsettled, &accounts).await,
                 None => return,
             },
             permit = sender.reserve(), if !queue.is_empty() => match permit {
@@ -162,7 +172,29 @@ pub async fn run(
     }
 }
 
-async fn confirm(outbox: &Outbox, sink: &str, c: Confirmation) {
+async fn confirm(
+    outbox: &Outbox,
+    sink: &str,
+    c: Confirmation,
+    unsettled: &mut std::collections::VecDeque<(BatchId, NodeCounts)>,
+    accounts: &Accounts,
+) {
+    match &c {
+        Confirmation::Done(id) => {
+            while unsettled.front().is_some_and(|(b, _)| b <= id) {
+                if let Some((_, counts)) = unsettled.pop_front() {
+                    accounts.settled(sink, &counts, true);
+                }
+            }
+        }
+        Confirmation::Rejected(id, _) => {
+            if let Some(i) = unsettled.iter().position(|(b, _)| b == id)
+                && let Some((_, counts)) = unsettled.remove(i)
+            {
+                accounts.settled(sink, &counts, false);
+            }
+        }
+    }
     let result = match c {
         Confirmation::Done(id) => outbox.ack(sink, id).await,
         Confirmation::Rejected(id, reason) => {

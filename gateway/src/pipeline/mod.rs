@@ -35,8 +35,11 @@ use crate::metrics::Metrics;
 use crate::outbox::{BatchId, Outbox, Ticket};
 use crate::transforms::Transforms;
 
+pub mod account;
 pub mod feed;
 pub mod live;
+
+pub use account::Accounts;
 
 pub use feed::{Acker, Confirmation};
 pub use live::LiveView;
@@ -150,6 +153,7 @@ pub struct Ingest {
     view: Arc<LiveView>,
     outbox: Option<Arc<Outbox>>,
     receipts: Option<mpsc::UnboundedSender<(Ticket, Receipt)>>,
+    accounts: Arc<Accounts>,
 }
 
 impl Ingest {
@@ -170,7 +174,13 @@ impl Ingest {
             view: Arc::new(LiveView::default()),
             outbox: None,
             receipts: None,
+            accounts: Arc::new(Accounts::default()),
         }
+    }
+
+    /// Each node's completeness account.
+    pub fn accounts(&self) -> Arc<Accounts> {
+        Arc::clone(&self.accounts)
     }
 
     /// Stores readings and alarm transitions in `outbox` instead of handing them to the sinks:
@@ -276,12 +286,14 @@ impl Ingest {
             return;
         }
         self.metrics.readings_forwarded.inc_by(batch.len() as u64);
+        self.accounts.received(&batch);
         let alarms = self.evaluate(&batch);
         let batch: Arc<[Record]> = batch.into();
         self.view.update(&batch);
         match &self.outbox {
             Some(outbox) => match outbox.append_readings(&batch).await {
                 Ok(ticket) => {
+                    self.accounts.stored(&account::count_by_node(&batch));
                     if let (Some(r), Some(receipts)) = (receipt, &self.receipts) {
                         let _ = receipts.send((ticket, r));
                     }
