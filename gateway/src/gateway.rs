@@ -38,6 +38,19 @@ pub struct Gateway {
     sinks: Vec<JoinHandle<()>>,
     http: Option<JoinHandle<()>>,
     outbox: Option<Arc<Outbox>>,
+    engine: Option<crate::pipeline::SharedEngine>,
+    accounts: Arc<crate::pipeline::Accounts>,
+}
+
+/// What a reloaded gateway takes over from the one it replaces: the alarm engine (every
+/// alarm's state, the rules changed at run time) and the completeness accounts. The outbox is
+/// on disk and needs no carrying.
+#[derive(Default)]
+pub struct Carried {
+    /// The alarm engine.
+    pub engine: Option<crate::pipeline::SharedEngine>,
+    /// The accounts.
+    pub accounts: Option<Arc<crate::pipeline::Accounts>>,
 }
 
 /// The outbox's file under the data directory.
@@ -46,6 +59,11 @@ pub const OUTBOX_FILE: &str = "outbox.sqlite";
 impl Gateway {
     /// Starts everything the configuration describes.
     pub async fn start(config: Config) -> anyhow::Result<Gateway> {
+        Gateway::start_carrying(config, Carried::default()).await
+    }
+
+    /// Starts with what a predecessor carried over (see [`Gateway::reload`]).
+    pub async fn start_carrying(config: Config, carried: Carried) -> anyhow::Result<Gateway> {
         let metrics = Arc::new(Metrics::new(DeviceTable {
             rows: config
                 .devices
@@ -69,6 +87,10 @@ impl Gateway {
             Transforms::new(&config.pipeline, &config.calibrations),
             Arc::clone(&metrics),
         );
+        if let Some(accounts) = carried.accounts {
+            ingest = ingest.with_accounts(accounts);
+        }
+        let mut carried_transitions = Vec::new();
         std::fs::create_dir_all(&config.gateway.data_dir).with_context(|| {
             format!(
                 "creating data directory {}",
@@ -156,11 +178,35 @@ impl Gateway {
                     nodes.push((node.clone(), Some(group.clone()), None));
                 }
             }
-            let rules = crate::thresholds::initial_rules(&config.gateway.data_dir, nodes)
-                .map_err(|e| anyhow::anyhow!(e))?;
-            let engine = AlarmEngine::new(rules)
-                .map_err(|e| anyhow::anyhow!("the alarm rules are invalid: {e}"))?;
-            let engine = Arc::new(std::sync::Mutex::new(engine));
+            let engine = match carried.engine {
+                // A reload keeps the engine, and with it every alarm's state; only what the
+                // configuration says about nodes (groups, poll intervals) changes, as a new
+                // rule-set version.
+                Some(engine) => {
+                    {
+                        let mut e = engine.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut next = e.rules().clone();
+                        next.nodes.clear();
+                        for (node, group, poll) in nodes {
+                            next = next.with_node(node, group.as_deref(), poll);
+                        }
+                        next.version += 1;
+                        carried_transitions = e
+                            .replace_rules(next, crate::pipeline::unix_ms())
+                            .map_err(|e| {
+                                anyhow::anyhow!("node groups of the new configuration: {e}")
+                            })?;
+                    }
+                    engine
+                }
+                None => {
+                    let rules = crate::thresholds::initial_rules(&config.gateway.data_dir, nodes)
+                        .map_err(|e| anyhow::anyhow!(e))?;
+                    let engine = AlarmEngine::new(rules)
+                        .map_err(|e| anyhow::anyhow!("the alarm rules are invalid: {e}"))?;
+                    Arc::new(std::sync::Mutex::new(engine))
+                }
+            };
             shared_engine = Some(Arc::clone(&engine));
             ingest = ingest.with_shared_alarms(engine);
             let (rx, acker) = attach(&mut ingest, alarm_audit::SINK);
@@ -241,7 +287,7 @@ impl Gateway {
                     Arc::clone(&users),
                 )
             }),
-            engine: shared_engine,
+            engine: shared_engine.clone(),
             live: ingest.live_alarms(),
             view: ingest.live_view(),
             directory: Arc::new(directory),
@@ -259,6 +305,12 @@ impl Gateway {
                 ingest.accounts(),
                 shutdown_rx.clone(),
             ));
+        }
+        let accounts = ingest.accounts();
+        let kept_engine = shared_engine;
+        if !carried_transitions.is_empty() {
+            let events_of = crate::thresholds::events(carried_transitions, |_| None);
+            let _ = events.try_send(crate::pipeline::Event::Alarms(events_of));
         }
         let ingest = tokio::spawn(async move {
             ingest.run().await;
@@ -307,6 +359,8 @@ impl Gateway {
             sinks,
             http,
             outbox,
+            engine: kept_engine,
+            accounts,
         })
     }
 
@@ -329,6 +383,49 @@ impl Gateway {
     /// Stops the sources, drains the pipeline and waits (at most `grace`) for the sinks to
     /// flush.
     pub async fn shutdown(self, grace: Duration) {
+        self.stop(grace).await;
+    }
+
+    /// Replaces this gateway with one running `new`, carrying alarm state and accounts over;
+    /// the outbox stays on disk in between. Either the new configuration runs or, when it
+    /// cannot start (a port taken, a data directory it cannot write), the old one is started
+    /// again from `old` and the error returned with it: there is always a gateway running one
+    /// whole configuration, never a mix. Both configurations must already be checked (as
+    /// [`crate::config::load`] does); while the pipeline restarts, MQTT messages wait
+    /// unacknowledged at the broker and Modbus polls pause.
+    ///
+    /// Returns the running gateway and, when it is the old configuration again, why the new
+    /// one did not start; an error only when neither starts.
+    pub async fn reload(
+        self,
+        new: Config,
+        old: Config,
+        grace: Duration,
+    ) -> anyhow::Result<(Gateway, Option<anyhow::Error>)> {
+        let carried = self.stop(grace).await;
+        let keep = Carried {
+            engine: carried.engine.clone(),
+            accounts: carried.accounts.clone(),
+        };
+        match Gateway::start_carrying(new, carried).await {
+            Ok(g) => Ok((g, None)),
+            Err(e) => {
+                tracing::error!("the new configuration did not start ({e:#}); back to the old one");
+                match Gateway::start_carrying(old, keep).await {
+                    Ok(g) => Ok((g, Some(e))),
+                    Err(e2) => Err(anyhow::anyhow!(
+                        "neither the new configuration ({e:#}) nor the old one ({e2:#}) starts"
+                    )),
+                }
+            }
+        }
+    }
+
+    async fn stop(self, grace: Duration) -> Carried {
+        let carried = Carried {
+            engine: self.engine.clone(),
+            accounts: Some(Arc::clone(&self.accounts)),
+        };
         let _ = self.shutdown.send(true);
         let drain = async {
             for s in self.sources {
@@ -352,6 +449,7 @@ impl Gateway {
         if let Some(h) = self.http {
             let _ = h.await;
         }
+        carried
     }
 }
 

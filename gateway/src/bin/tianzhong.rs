@@ -144,6 +144,7 @@ fn main() -> ExitCode {
                 }
             };
             runtime().block_on(async {
+                let config_in_force = config.clone();
                 let gateway = match Gateway::start(config).await {
                     Ok(g) => g,
                     Err(e) => {
@@ -156,7 +157,46 @@ fn main() -> ExitCode {
                         "first run: user `admin` created with one-time password {secret}; it is not shown again"
                     );
                 }
-                wait_for_signal().await;
+                // SIGHUP reloads the configuration: checked first (a file with mistakes is
+                // refused and the running one kept), then applied whole, alarm state and the
+                // outbox kept (see Gateway::reload).
+                let mut gateway = gateway;
+                let mut current = config_in_force;
+                let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                    .expect("SIGHUP handler");
+                loop {
+                    tokio::select! {
+                        _ = wait_for_signal() => break,
+                        _ = hup.recv() => {}
+                    }
+                    let new = match config::load(&path) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::error!("reload refused, the running configuration is kept: {e}");
+                            continue;
+                        }
+                    };
+                    if new == current {
+                        tracing::info!("reload: {} has not changed", path.display());
+                        continue;
+                    }
+                    tracing::info!("reloading {}", path.display());
+                    match gateway.reload(new.clone(), current.clone(), Duration::from_secs(30)).await {
+                        Ok((g, None)) => {
+                            tracing::info!("reloaded {}", path.display());
+                            gateway = g;
+                            current = new;
+                        }
+                        Ok((g, Some(e))) => {
+                            tracing::error!("reload failed, the previous configuration runs again: {e:#}");
+                            gateway = g;
+                        }
+                        Err(e) => {
+                            eprintln!("{e:#}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
                 tracing::info!("stopping: flushing sinks");
                 gateway.shutdown(Duration::from_secs(30)).await;
                 ExitCode::SUCCESS

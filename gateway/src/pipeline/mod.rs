@@ -178,6 +178,12 @@ impl Ingest {
         }
     }
 
+    /// Keeps counting in `accounts` (a reloaded gateway carries its predecessor's).
+    pub fn with_accounts(mut self, accounts: Arc<Accounts>) -> Ingest {
+        self.accounts = accounts;
+        self
+    }
+
     /// Each node's completeness account.
     pub fn accounts(&self) -> Arc<Accounts> {
         Arc::clone(&self.accounts)
