@@ -1,8 +1,9 @@
-// The operator console: login, overview, alarms, threshold rules and node pages, kept live by
-// the gateway's event stream. Views are hash routes: #/overview, #/alarms, #/rules, #/node/{id}.
+// The operator console: login, overview, alarms, threshold rules, where the data went, and node
+// pages, kept live by the gateway's event stream. Views are hash routes: #/overview, #/alarms,
+// #/rules, #/data, #/node/{id}.
 
 import { h, replace, byTestId, idPart } from './dom.js';
-import { t, lang, setLang, onLangChange, translateStatic, label, locale } from './i18n.js';
+import { t, has, lang, setLang, onLangChange, translateStatic, label, locale } from './i18n.js';
 import * as api from './api.js';
 import { follow } from './stream.js';
 import { trendChart } from './chart.js';
@@ -36,6 +37,12 @@ const SHELVABLE = new Set([
 /** States whose level colours a channel (as the API's channel `level`). */
 const COLOURING = new Set(['active_unacked', 'active_acked', 'latched_unacked', 'latched_acked']);
 const TREND_HOURS = [0.25, 1, 6, 24, 72, 168];
+/** How often the data page (and a node page's completeness figures) are fetched again, ms. */
+const COMPLETENESS_REFRESH_MS = 3000;
+/** A sink's backlog rising at this many refreshes in a row is shown as growing. */
+const BACKLOG_RISES = 3;
+/** Backlog samples older than this are forgotten, ms. */
+const BACKLOG_MEMORY_MS = 120000;
 
 const levelRank = (l) => Math.max(0, LEVELS.indexOf(l));
 const alarmKey = (a) => `${a.node}/${a.ch}/${a.condition}`;
@@ -57,6 +64,14 @@ const state = {
   route: { view: '', node: '' },
   trend: { ch: null, hours: 6, data: null, node: '' },
   editing: null,
+  /** The last `GET /api/completeness` reply, its time, or the error that came instead. */
+  completeness: null,
+  completenessAt: 0,
+  completenessError: null,
+  /** The last `GET /api/outbox/dead-letters` reply (engineers), or `{ error }`. */
+  deadLetters: null,
+  /** Each sink's backlog in batches at recent refreshes: [{ at, sinks: { name: behind } }]. */
+  backlog: [],
   stopStream: null,
   timers: [],
 };
@@ -150,6 +165,34 @@ function alarmName(a) {
 
 function roleName(role) {
   return t(`role.${role}`);
+}
+
+/** A whole count with the language's digit grouping. */
+function fmtCount(v) {
+  return fmtNumber(v, 0);
+}
+
+function fmtBytes(b) {
+  const n = Number(b);
+  if (!Number.isFinite(n)) return t('common.none');
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i += 1;
+  }
+  return `${fmtNumber(v, i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+/** A sink's name in the current language when the dictionaries know it, else as configured. */
+function sinkName(sink) {
+  return has(`sink.${sink}`) ? t(`sink.${sink}`) : sink;
+}
+
+/** Why readings were dropped, in words. */
+function dropReason(reason) {
+  return has(`drop.${reason}`) ? t(`drop.${reason}`) : reason;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -283,6 +326,11 @@ function logout() {
   state.rules = null;
   state.history = null;
   state.editing = null;
+  state.completeness = null;
+  state.completenessAt = 0;
+  state.completenessError = null;
+  state.deadLetters = null;
+  state.backlog = [];
   replace(byTestId('view'));
   showLogin();
 }
@@ -440,6 +488,7 @@ function stopLive() {
   for (const timer of state.timers) clearInterval(timer);
   state.timers = [];
   clearTimeout(reconcileTimer);
+  stopCompletenessRefresh();
 }
 
 function handleEvent(e) {
@@ -521,7 +570,7 @@ function parseRoute() {
   const hash = decodeURIComponent(location.hash.replace(/^#\/?/, ''));
   const [view, ...rest] = hash.split('/');
   if (view === 'node' && rest.length) return { view: 'node', node: rest.join('/') };
-  if (['overview', 'alarms', 'rules'].includes(view)) return { view, node: '' };
+  if (['overview', 'alarms', 'rules', 'data'].includes(view)) return { view, node: '' };
   return { view: 'overview', node: '' };
 }
 
@@ -540,6 +589,8 @@ function route() {
   }
   renderHeader();
   renderView();
+  if (r.view === 'data' || r.view === 'node') startCompletenessRefresh(changed);
+  else stopCompletenessRefresh();
 }
 
 function renderView() {
@@ -552,6 +603,8 @@ function renderView() {
       return renderRulesView(view);
     case 'node':
       return renderNodeView(view);
+    case 'data':
+      return renderDataView(view);
     default:
       return renderOverview(view);
   }
@@ -1303,6 +1356,463 @@ function fillHistory() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Where the data went: the outbox, each node's account from sample to sink, dead letters
+
+let completenessTimer = null;
+let completenessBusy = false;
+
+/** Fetches the completeness figures now (`now`) and then every few seconds while shown. */
+function startCompletenessRefresh(now = true) {
+  if (!completenessTimer) {
+    completenessTimer = setInterval(refreshCompleteness, COMPLETENESS_REFRESH_MS);
+    refreshCompleteness();
+  } else if (now) {
+    refreshCompleteness();
+  }
+}
+
+function stopCompletenessRefresh() {
+  clearInterval(completenessTimer);
+  completenessTimer = null;
+}
+
+async function refreshCompleteness() {
+  if (completenessBusy || !state.me) return;
+  completenessBusy = true;
+  const letters = state.route.view === 'data' && api.atLeast(state.me.role, 'engineer');
+  try {
+    const [c, d] = await Promise.allSettled([
+      api.get('/api/completeness'),
+      letters ? api.get('/api/outbox/dead-letters') : Promise.resolve(null),
+    ]);
+    if (!state.me) return;
+    if (c.status === 'fulfilled') {
+      state.completeness = c.value;
+      state.completenessAt = Date.now();
+      state.completenessError = null;
+      noteBacklog(c.value);
+    } else {
+      state.completenessError = c.reason;
+    }
+    if (letters) state.deadLetters = d.status === 'fulfilled' ? d.value : { error: d.reason };
+  } finally {
+    completenessBusy = false;
+  }
+  if (state.route.view === 'data') fillDataView();
+  else if (state.route.view === 'node') fillNodeCompleteness();
+}
+
+/** Remembers each sink's backlog, to tell a growing one from one that keeps up. */
+function noteBacklog(reply) {
+  const o = reply && reply.outbox;
+  if (!o) return;
+  const now = Date.now();
+  const sinks = {};
+  for (const k of o.sinks || []) sinks[k.sink] = Number(k.behind_batches) || 0;
+  state.backlog.push({ at: now, sinks });
+  state.backlog = state.backlog.filter((x) => now - x.at <= BACKLOG_MEMORY_MS).slice(-(BACKLOG_RISES + 8));
+}
+
+/** A sink's backlog change since the previous refresh, and whether it rose at each of the last few. */
+function backlogTrend(sink) {
+  const seen = state.backlog.filter((x) => sink in x.sinks).map((x) => x.sinks[sink]);
+  const delta = seen.length >= 2 ? seen[seen.length - 1] - seen[seen.length - 2] : null;
+  const recent = seen.slice(-(BACKLOG_RISES + 1));
+  const growing = recent.length === BACKLOG_RISES + 1 && recent.every((v, i) => i === 0 || v > recent[i - 1]);
+  return { delta, growing };
+}
+
+const sum = (obj) => Object.values(obj || {}).reduce((a, b) => a + (Number(b) || 0), 0);
+
+/** The sinks to show: the outbox's, then any other a node's counts name. */
+function sinkNames(reply) {
+  const names = [];
+  const add = (n) => {
+    if (!names.includes(n)) names.push(n);
+  };
+  for (const k of (reply && reply.outbox && reply.outbox.sinks) || []) add(k.sink);
+  const extra = new Set();
+  for (const a of (reply && reply.nodes) || []) {
+    for (const k of Object.keys(a.delivered || {})) extra.add(k);
+    for (const k of Object.keys(a.dead_lettered || {})) extra.add(k);
+  }
+  [...extra].sort().forEach(add);
+  return names;
+}
+
+/** What is wrong with a node's account: missing samples, drops, dead letters. */
+function accountProblems(a) {
+  return {
+    missing: Number(a.missing) > 0,
+    dropped: sum(a.dropped) > 0,
+    dead: sum(a.dead_lettered) > 0,
+  };
+}
+
+/** Missing samples as a share of the samples made ("p % of samples made"), or ''. */
+function missingShare(a) {
+  const missing = Number(a.missing) || 0;
+  const made = (Number(a.samples) || 0) + missing;
+  if (!missing || !made) return '';
+  return t('data.missing.share', { p: fmtNumber((missing / made) * 100, missing / made < 0.001 ? 3 : 1) });
+}
+
+/** ["reason n", …] from counts by key. */
+function breakdown(counts, name) {
+  return Object.entries(counts || {})
+    .filter(([, n]) => Number(n) > 0)
+    .map(([k, n]) => `${name(k)} ${fmtCount(n)}`);
+}
+
+/**
+ * A table cell with a count, its raw value in `data-value`, highlighted when `warn`; `detail`:
+ * a line or lines of small print below.
+ */
+function countCell(value, testid, warn = false, detail = []) {
+  const lines = (Array.isArray(detail) ? detail : [detail]).filter(Boolean);
+  return h(
+    'td',
+    { class: ['num', warn ? 'warn-cell' : ''], 'data-testid': testid, 'data-value': Number(value) || 0 },
+    fmtCount(value || 0),
+    lines.map((l) => h('div', { class: 'small muted', text: l })),
+  );
+}
+
+function renderDataView(view) {
+  replace(
+    view,
+    h(
+      'div',
+      { class: 'data-view', 'data-testid': 'data-view' },
+      h('h1', { text: t('data.title') }),
+      h('p', { class: 'muted intro', text: t('data.intro') }),
+      h('p', { class: 'error', 'data-testid': 'data-error', hidden: true }),
+      h(
+        'section',
+        { class: 'panel' },
+        h('h2', { text: t('data.outbox') }),
+        h('div', { 'data-testid': 'outbox-holder' }, h('p', { class: 'muted', text: t('common.loading') })),
+      ),
+      h(
+        'section',
+        { class: 'panel' },
+        h('h2', { text: t('data.nodes') }),
+        h('p', { class: 'muted small', text: t('data.nodes.explain') }),
+        h('div', { 'data-testid': 'completeness-holder' }, h('p', { class: 'muted', text: t('common.loading') })),
+      ),
+      h(
+        'section',
+        { class: 'panel' },
+        h('h2', { text: t('data.dead') }),
+        h('div', { 'data-testid': 'dead-letters-holder' }),
+      ),
+      h('p', { class: 'muted small', 'data-testid': 'data-updated' }),
+    ),
+  );
+  fillDataView();
+}
+
+function fillDataView() {
+  if (!byTestId('data-view')) return;
+  const err = byTestId('data-error');
+  err.hidden = !state.completenessError;
+  err.textContent = state.completenessError ? errorText(state.completenessError) : '';
+  const updated = byTestId('data-updated');
+  replace(
+    updated,
+    state.completenessAt
+      ? [t('data.updated'), ' ', age(state.completenessAt, 'data-updated-age'), ' · ', t('data.refresh', { s: COMPLETENESS_REFRESH_MS / 1000 })]
+      : null,
+  );
+  fillDeadLetters();
+  const reply = state.completeness;
+  if (!reply) return;
+  fillOutbox(reply);
+  fillCompletenessTable(reply);
+}
+
+/** A figure in a box: its name above, the value large, red when `warn`. */
+function statBox(name, value, testid, warn = false, detail = '') {
+  return h(
+    'div',
+    { class: ['stat', warn ? 'warn-stat' : ''] },
+    h('span', { class: 'k', text: name }),
+    h('span', { class: 'v', 'data-testid': testid }, value),
+    detail ? h('span', { class: 'small muted', text: detail }) : null,
+  );
+}
+
+function fillOutbox(reply) {
+  const holder = byTestId('outbox-holder');
+  const o = reply.outbox;
+  if (!o) {
+    replace(holder, h('p', { class: 'notice', 'data-testid': 'outbox-disabled', text: t('data.outbox.disabled') }));
+    return;
+  }
+  const stat = (key, value, testid, warn = false) => statBox(t(key), value, testid, warn);
+  const sinks = o.sinks || [];
+  replace(
+    holder,
+    h(
+      'div',
+      { class: 'stats', 'data-testid': 'outbox-stats' },
+      stat('data.outbox.size', fmtBytes(o.bytes), 'outbox-bytes'),
+      stat('data.outbox.file', fmtBytes(o.file_bytes), 'outbox-file-bytes'),
+      stat('data.outbox.batches', fmtCount(o.batches), 'outbox-batches'),
+      stat('data.outbox.durable', fmtCount(o.durable_batch), 'outbox-durable'),
+      stat('data.outbox.pending', fmtBytes(o.pending_bytes), 'outbox-pending'),
+      stat('data.outbox.dead_letters', fmtCount(o.dead_letters), 'outbox-dead-letters', Number(o.dead_letters) > 0),
+      stat('data.outbox.dropped', fmtCount(o.dropped_readings), 'outbox-dropped', Number(o.dropped_readings) > 0),
+    ),
+    sinks.length
+      ? h(
+          'table',
+          { class: 'sinks', 'data-testid': 'outbox-sinks' },
+          h(
+            'thead',
+            {},
+            h(
+              'tr',
+              {},
+              h('th', { text: t('data.sink') }),
+              h('th', { class: 'num', text: t('data.sink.confirmed') }),
+              h('th', { class: 'num', text: t('data.sink.behind') }),
+              h('th', { class: 'num', text: t('data.sink.change') }),
+              h('th', { text: t('data.sink.state') }),
+            ),
+          ),
+          h(
+            'tbody',
+            {},
+            sinks.map((k) => {
+              const { delta, growing } = backlogTrend(k.sink);
+              const behind = Number(k.behind_batches) || 0;
+              const stateKey = growing ? 'data.sink.growing' : behind ? 'data.sink.catching_up' : 'data.sink.up_to_date';
+              return h(
+                'tr',
+                {
+                  class: growing ? 'attention' : '',
+                  'data-testid': `sink-${idPart(k.sink)}`,
+                  'data-growing': growing ? 'true' : 'false',
+                },
+                h('td', {}, h('strong', { text: sinkName(k.sink) }), k.sink !== sinkName(k.sink) ? h('span', { class: 'muted small', text: ` ${k.sink}` }) : null),
+                h('td', { class: 'num', text: fmtCount(k.confirmed_batch) }),
+                h('td', { class: ['num', growing ? 'warn-cell' : ''], 'data-testid': `sink-behind-${idPart(k.sink)}`, 'data-value': behind, text: fmtCount(behind) }),
+                h('td', {
+                  class: 'num muted',
+                  text: delta === null ? t('common.none') : delta > 0 ? `▲ ${fmtCount(delta)}` : delta < 0 ? `▼ ${fmtCount(-delta)}` : '0',
+                }),
+                h('td', {
+                  class: growing ? 'warn' : behind ? '' : 'ok-text',
+                  title: growing ? t('data.sink.growing.title', { n: BACKLOG_RISES }) : null,
+                  text: t(stateKey),
+                }),
+              );
+            }),
+          ),
+        )
+      : h('p', { class: 'muted', text: t('data.outbox.no_sinks') }),
+  );
+}
+
+function fillCompletenessTable(reply) {
+  const holder = byTestId('completeness-holder');
+  const nodes = reply.nodes || [];
+  const sinks = sinkNames(reply);
+  const other = Object.entries(reply.dropped_other || {}).filter(([, d]) => sum(d) > 0);
+  if (!nodes.length && !other.length) {
+    replace(holder, h('p', { class: 'empty', 'data-testid': 'completeness-empty', text: t('data.nodes.empty') }));
+    return;
+  }
+  const attention = nodes.filter((a) => Object.values(accountProblems(a)).some(Boolean)).length;
+  replace(
+    holder,
+    h(
+      'p',
+      { class: attention ? 'warn' : 'ok', 'data-testid': 'completeness-summary', 'data-attention': attention },
+      attention ? t('data.nodes.attention', { n: nodes.length, m: attention }) : t('data.nodes.all_well', { n: nodes.length }),
+    ),
+    h(
+      'div',
+      { class: 'scroll' },
+      h(
+        'table',
+        { class: 'completeness', 'data-testid': 'completeness-table' },
+        h(
+          'thead',
+          {},
+          h(
+            'tr',
+            {},
+            h('th', { rowspan: 2, text: t('data.col.node') }),
+            h('th', { rowspan: 2, class: 'num', title: t('data.col.samples.title'), text: t('data.col.samples') }),
+            h('th', { rowspan: 2, class: 'num', title: t('data.col.missing.title'), text: t('data.col.missing') }),
+            h('th', { rowspan: 2, class: 'num', title: t('data.col.late.title'), text: t('data.col.late') }),
+            h('th', { rowspan: 2, class: 'num', text: t('data.col.restarts') }),
+            h('th', { rowspan: 2, class: 'num', title: t('data.col.stored.title'), text: t('data.col.stored') }),
+            sinks.length ? h('th', { colspan: sinks.length, class: 'group', text: t('data.col.delivered_to') }) : null,
+            h('th', { rowspan: 2, class: 'num', title: t('data.col.dead.title'), text: t('data.col.dead') }),
+            h('th', { rowspan: 2, class: 'num', title: t('data.col.dropped.title'), text: t('data.col.dropped') }),
+          ),
+          h('tr', {}, sinks.map((k) => h('th', { class: 'num', title: k, text: sinkName(k) }))),
+        ),
+        h(
+          'tbody',
+          {},
+          nodes.map((a) => {
+            const id = idPart(a.node);
+            const p = accountProblems(a);
+            const flagged = p.missing || p.dropped || p.dead;
+            return h(
+              'tr',
+              {
+                class: flagged ? 'attention' : '',
+                'data-testid': `completeness-${id}`,
+                'data-attention': flagged ? 'true' : 'false',
+              },
+              h('td', {}, h('a', { href: `#/node/${encodeURIComponent(a.node)}`, class: 'node-id', 'data-testid': `completeness-link-${id}`, text: a.node })),
+              countCell(a.samples, `samples-${id}`, false, a.last_seq !== null && a.last_seq !== undefined ? t('data.last_seq', { n: a.last_seq }) : ''),
+              countCell(a.missing, `missing-${id}`, p.missing, missingShare(a)),
+              countCell(a.out_of_order, `late-${id}`),
+              countCell(a.restarts, `restarts-${id}`),
+              countCell(a.stored, `stored-${id}`, false, t('data.of_readings', { n: fmtCount(a.readings) })),
+              sinks.map((k) => countCell((a.delivered || {})[k], `delivered-${id}-${idPart(k)}`)),
+              countCell(sum(a.dead_lettered), `dead-${id}`, p.dead, breakdown(a.dead_lettered, sinkName)),
+              countCell(sum(a.dropped), `dropped-${id}`, p.dropped, breakdown(a.dropped, dropReason)),
+            );
+          }),
+        ),
+      ),
+    ),
+    other.length
+      ? h(
+          'div',
+          { class: 'dropped-other', 'data-testid': 'dropped-other' },
+          h('h3', { text: t('data.dropped_other') }),
+          h(
+            'ul',
+            {},
+            other.map(([node, d]) => h('li', {}, h('strong', { text: node || t('data.no_node') }), `: ${breakdown(d, dropReason).join(' · ')}`)),
+          ),
+        )
+      : null,
+  );
+}
+
+function fillDeadLetters() {
+  const holder = byTestId('dead-letters-holder');
+  if (!holder) return;
+  const role = state.me ? state.me.role : 'viewer';
+  const o = state.completeness && state.completeness.outbox;
+  if (!api.atLeast(role, 'engineer')) {
+    replace(
+      holder,
+      h('p', { class: 'notice', 'data-testid': 'dead-letters-need-engineer', text: t('data.dead.need_engineer', { role: roleName(role) }) }),
+      o ? h('p', { class: 'muted', text: t('data.dead.count', { n: fmtCount(o.dead_letters) }) }) : null,
+    );
+    return;
+  }
+  const d = state.deadLetters;
+  if (!d) return replace(holder, h('p', { class: 'muted', text: t('common.loading') }));
+  if (d.error) {
+    if (d.error instanceof api.ApiError && d.error.status === 404) {
+      return replace(holder, h('p', { class: 'muted', 'data-testid': 'dead-letters-none', text: t('data.outbox.disabled') }));
+    }
+    return replace(holder, h('p', { class: 'error', 'data-testid': 'dead-letters-error', text: errorText(d.error) }));
+  }
+  const list = d.dead_letters || [];
+  if (!list.length) {
+    return replace(holder, h('p', { class: 'ok', 'data-testid': 'dead-letters-empty', text: t('data.dead.empty') }));
+  }
+  replace(
+    holder,
+    h('p', { class: 'muted', text: t('data.dead.explain') }),
+    Number(d.total) > list.length ? h('p', { class: 'muted', text: t('data.dead.newest', { n: list.length, total: fmtCount(d.total) }) }) : null,
+    h(
+      'div',
+      { class: 'scroll' },
+      h(
+        'table',
+        { class: 'dead-letters', 'data-testid': 'dead-letters' },
+        h(
+          'thead',
+          {},
+          h(
+            'tr',
+            {},
+            ['at', 'sink', 'batch', 'nodes', 'readings', 'bytes', 'reason'].map((k) =>
+              h('th', { class: ['batch', 'readings', 'bytes'].includes(k) ? 'num' : '', text: t(`data.dead.col.${k}`) }),
+            ),
+          ),
+        ),
+        h(
+          'tbody',
+          {},
+          list.map((x) =>
+            h(
+              'tr',
+              { 'data-testid': `dead-letter-${idPart(x.sink, x.batch)}` },
+              h('td', { class: 'nowrap', text: fmtTime(x.at) }),
+              h('td', { text: sinkName(x.sink) }),
+              h('td', { class: 'num', text: fmtCount(x.batch) }),
+              h(
+                'td',
+                {},
+                (x.nodes || []).map((n, i) => [i ? ', ' : '', h('a', { href: `#/node/${encodeURIComponent(n)}`, text: n })]),
+              ),
+              h('td', { class: 'num', text: typeof x.readings === 'number' ? fmtCount(x.readings) : String(x.readings) }),
+              h('td', { class: 'num', text: fmtBytes(x.bytes) }),
+              h('td', { class: 'reason', text: x.reason }),
+            ),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+/** The node page's completeness figures, from the same reply. */
+function fillNodeCompleteness() {
+  const holder = byTestId('node-completeness');
+  if (!holder) return;
+  const reply = state.completeness;
+  if (!reply) {
+    replace(holder, state.completenessError ? h('p', { class: 'error', text: errorText(state.completenessError) }) : h('p', { class: 'muted', text: t('common.loading') }));
+    return;
+  }
+  const node = state.route.node;
+  const a = (reply.nodes || []).find((x) => x.node === node);
+  const droppedBefore = (reply.dropped_other || {})[node];
+  if (!a) {
+    replace(
+      holder,
+      h('p', { class: 'muted', 'data-testid': 'node-completeness-none', text: t('node.completeness.none') }),
+      droppedBefore && sum(droppedBefore) ? info('data.dropped_other', breakdown(droppedBefore, dropReason).join(' · '), 'node-dropped') : null,
+    );
+    return;
+  }
+  const p = accountProblems(a);
+  const sinks = sinkNames(reply);
+  replace(
+    holder,
+    h(
+      'div',
+      { class: 'stats', 'data-attention': p.missing || p.dropped || p.dead ? 'true' : 'false' },
+      statBox(t('data.col.samples'), fmtCount(a.samples), 'node-samples', false, a.last_seq !== null && a.last_seq !== undefined ? t('data.last_seq', { n: a.last_seq }) : ''),
+      statBox(t('data.col.missing'), fmtCount(a.missing), 'node-missing', p.missing, missingShare(a)),
+      statBox(t('data.col.late'), fmtCount(a.out_of_order), 'node-late'),
+      statBox(t('data.col.restarts'), fmtCount(a.restarts), 'node-restarts'),
+      statBox(t('data.col.stored'), fmtCount(a.stored), 'node-stored', false, t('data.of_readings', { n: fmtCount(a.readings) })),
+      sinks.map((k) =>
+        statBox(t('data.col.delivered', { sink: sinkName(k) }), fmtCount((a.delivered || {})[k] || 0), `node-delivered-${idPart(k)}`),
+      ),
+      statBox(t('data.col.dead'), fmtCount(sum(a.dead_lettered)), 'node-dead', p.dead, breakdown(a.dead_lettered, sinkName).join(' · ')),
+      statBox(t('data.col.dropped'), fmtCount(sum(a.dropped)), 'node-dropped', p.dropped, breakdown(a.dropped, dropReason).join(' · ')),
+    ),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Node page
 
 function renderNodeView(view) {
@@ -1325,6 +1835,17 @@ function renderNodeView(view) {
       h(
         'section',
         { class: 'panel' },
+        h(
+          'div',
+          { class: 'panel-head' },
+          h('h2', { text: t('node.completeness') }),
+          h('a', { href: '#/data', 'data-testid': 'node-completeness-all', text: t('node.completeness.all') }),
+        ),
+        h('div', { 'data-testid': 'node-completeness' }),
+      ),
+      h(
+        'section',
+        { class: 'panel' },
         h('h2', { text: t('node.trend') }),
         h('div', { class: 'row', 'data-testid': 'trend-controls' }),
         h('p', { class: 'muted', 'data-testid': 'trend-status' }),
@@ -1334,6 +1855,7 @@ function renderNodeView(view) {
     ),
   );
   fillNodeDetails();
+  fillNodeCompleteness();
   loadNodeDetail(node);
   if (!state.rules) loadRules().then(drawTrend).catch(() => {});
 }

@@ -14,9 +14,11 @@
 //! The page talks only to the JSON API (see [`crate::http`]): it logs in with
 //! `POST /api/login`, keeps the token in the tab's `sessionStorage`, and follows
 //! `GET /api/stream` with `fetch` (an `EventSource` cannot send the `Authorization` header).
-//! Its views are hash routes: `#/overview`, `#/alarms`, `#/rules`, `#/node/{id}`. Every
-//! visible string comes from one dictionary per language (`i18n.js`, Chinese and English);
-//! quantity names come from the API's `label_zh` / `label_en`.
+//! Its views are hash routes: `#/overview`, `#/alarms`, `#/rules`, `#/data` (where the data
+//! went: `GET /api/completeness`, and for engineers `GET /api/outbox/dead-letters`, fetched
+//! every few seconds while shown), `#/node/{id}`. Every visible string comes from one
+//! dictionary per language (`i18n.js`, Chinese and English); quantity names come from the
+//! API's `label_zh` / `label_en`.
 
 use axum::Router;
 use axum::extract::Path;

@@ -18,6 +18,10 @@
 //!    button is disabled with a tooltip saying why; a direct `POST /api/alarms/ack` with the
 //!    viewer's token gets 403 and changes nothing. Switching to Chinese shows Chinese labels,
 //!    including the API's quantity label.
+//! 5. The operator opens "where the data went": with the telemetry paused until the counts
+//!    settle, the leak detector's row shows the samples, missing samples, readings stored and
+//!    delivered to the local store that `GET /api/completeness` reports; dead letters are
+//!    for engineers, so the operator sees a note saying so. Then the same page in Chinese.
 //!
 //! Screenshots of each step go to `target/test-artifacts/console/` (or `$TIANZHONG_ARTIFACTS`).
 //! Needs `/usr/bin/chromium`, `/usr/bin/chromedriver` and `/usr/sbin/mosquitto` (Debian
@@ -26,7 +30,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -113,9 +117,11 @@ impl Api {
     }
 }
 
-/// Publishes each node's telemetry every 500 ms, with the gas value the test sets.
+/// Publishes each node's telemetry every 500 ms, with the gas value the test sets, unless
+/// paused (the sample numbers then resume where they stopped: no gap).
 struct Telemetry {
     gas: Arc<Mutex<HashMap<&'static str, f64>>>,
+    paused: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -126,6 +132,8 @@ impl Telemetry {
         options.set_keep_alive(Duration::from_secs(15));
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         let values = Arc::clone(&gas);
+        let paused = Arc::new(AtomicBool::new(false));
+        let pause = Arc::clone(&paused);
         let task = tokio::spawn(async move {
             tokio::spawn(async move {
                 loop {
@@ -136,6 +144,10 @@ impl Telemetry {
             });
             let mut seq = 0u32;
             loop {
+                if pause.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
                 seq += 1;
                 let now = unix_ms();
                 let snapshot: Vec<(&str, f64)> = values
@@ -165,11 +177,15 @@ impl Telemetry {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
-        Telemetry { gas, task }
+        Telemetry { gas, paused, task }
     }
 
     fn set(&self, node: &'static str, lel: f64) {
         self.gas.lock().unwrap().insert(node, lel);
+    }
+
+    fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
     }
 }
 
@@ -202,6 +218,27 @@ fn id_part(parts: &[&str]) -> String {
         .collect::<Vec<_>>()
         .join("-")
 }
+
+/// A count as the English console shows it (en-GB digit grouping).
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Collects script errors and content-security-policy violations in `window.__problems`.
+const COLLECT_PROBLEMS: &str = "window.__problems = [];
+     window.addEventListener('error', (e) => window.__problems.push(`error: ${e.message}`));
+     window.addEventListener('unhandledrejection', (e) =>
+       window.__problems.push(`rejection: ${e.reason && e.reason.message || e.reason}`));
+     document.addEventListener('securitypolicyviolation', (e) =>
+       window.__problems.push(`csp: ${e.violatedDirective} ${e.blockedURI}`));";
 
 /// The browser page and where its screenshots go.
 struct Page {
@@ -264,6 +301,19 @@ impl Page {
     /// The element with `data-testid` = `id` once it is displayed.
     async fn el(&self, id: &str) -> Element {
         self.shown(&tid(id)).await
+    }
+
+    /// Whether the element `id` is enabled and its title, read again when the page drew it
+    /// anew meanwhile (tables are redrawn whole when alarms are reconciled).
+    async fn enabled(&self, id: &str) -> (bool, String) {
+        let css = tid(id);
+        self.wait(&format!("`{id}` present"), || async {
+            let e = self.c.find(Locator::Css(&css)).await.ok()?;
+            let enabled = e.is_enabled().await.ok()?;
+            let title = e.attr("title").await.ok()?;
+            Some((enabled, title.unwrap_or_default()))
+        })
+        .await
     }
 
     async fn click(&self, id: &str) {
@@ -422,13 +472,7 @@ async fn operators_see_and_acknowledge_a_live_alarm_engineers_edit_thresholds_vi
     page.c.goto(&format!("{}/", page.base)).await.unwrap();
     page.el("login-form").await;
     // Script errors and content-security-policy violations from here on are collected.
-    page.js("window.__problems = [];
-         window.addEventListener('error', (e) => window.__problems.push(`error: ${e.message}`));
-         window.addEventListener('unhandledrejection', (e) =>
-           window.__problems.push(`rejection: ${e.reason && e.reason.message || e.reason}`));
-         document.addEventListener('securitypolicyviolation', (e) =>
-           window.__problems.push(`csp: ${e.violatedDirective} ${e.blockedURI}`));")
-        .await;
+    page.js(COLLECT_PROBLEMS).await;
     let title = page.c.title().await.unwrap();
     assert_eq!(
         title, "Tianzhong gateway console",
@@ -507,7 +551,7 @@ async fn operators_see_and_acknowledge_a_live_alarm_engineers_edit_thresholds_vi
 
     // Acknowledge in the page: a comment is required.
     let ack = format!("ack-{}", id_part(&[LEAK, "0", "threshold"]));
-    assert!(page.el(&ack).await.is_enabled().await.unwrap());
+    assert!(page.enabled(&ack).await.0);
     page.click(&ack).await;
     page.el("action-dialog").await;
     page.click("action-submit").await;
@@ -534,10 +578,7 @@ async fn operators_see_and_acknowledge_a_live_alarm_engineers_edit_thresholds_vi
         (Some("active_acked"), Some("red")),
         "{listed}"
     );
-    assert!(
-        !page.el(&ack).await.is_enabled().await.unwrap(),
-        "nothing left to acknowledge"
-    );
+    assert!(!page.enabled(&ack).await.0, "nothing left to acknowledge");
     page.shot("acknowledged").await;
     // The overview turned red live, with the new value.
     page.click("tab-overview").await;
@@ -547,12 +588,14 @@ async fn operators_see_and_acknowledge_a_live_alarm_engineers_edit_thresholds_vi
         |t| t == "62.5",
     )
     .await;
-    assert_eq!(
-        page.attr_of(&tid(&format!("level-{gas_value}")), "data-level")
-            .await
-            .as_deref(),
-        Some("red")
-    );
+    // Waited for: the overview is drawn again whole when the alarms are reconciled.
+    page.wait("the leak's channel red in the overview", || async {
+        let level = page
+            .attr_of(&tid(&format!("level-{gas_value}")), "data-level")
+            .await?;
+        (level == "red").then_some(())
+    })
+    .await;
     page.shot("overview-red").await;
     page.sign_out().await;
 
@@ -651,6 +694,9 @@ async fn operators_see_and_acknowledge_a_live_alarm_engineers_edit_thresholds_vi
         Some(1.5),
         "the reload kept the other change"
     );
+    // Dead letters are listed for engineers: none here.
+    page.click("tab-data").await;
+    page.el("dead-letters-empty").await;
     // The node page: channels, health and the trend of the stored readings.
     page.go(&format!("#/node/{LEAK}")).await;
     page.el("node-view").await;
@@ -671,6 +717,7 @@ async fn operators_see_and_acknowledge_a_live_alarm_engineers_edit_thresholds_vi
         t.contains("MQTT")
     })
     .await;
+    page.el("node-stored").await;
     page.shot("node-page").await;
     page.sign_out().await;
 
@@ -691,12 +738,9 @@ async fn operators_see_and_acknowledge_a_live_alarm_engineers_edit_thresholds_vi
     page.sign_in(VIEWER).await;
     page.click("tab-alarms").await;
     let ack2 = format!("ack-{}", id_part(&[SECOND, "0", "threshold"]));
-    let button = page.el(&ack2).await;
-    assert!(
-        !button.is_enabled().await.unwrap(),
-        "a viewer cannot acknowledge"
-    );
-    let why = button.attr("title").await.unwrap().unwrap_or_default();
+    page.el(&ack2).await;
+    let (enabled, why) = page.enabled(&ack2).await;
+    assert!(!enabled, "a viewer cannot acknowledge");
     assert!(
         why.contains("operator") && why.contains("viewer"),
         "the tooltip says why: {why:?}"
@@ -744,6 +788,110 @@ async fn operators_see_and_acknowledge_a_live_alarm_engineers_edit_thresholds_vi
         t == VIEWER.0
     })
     .await;
+
+    // 5. Where the data went, as the operator, in English.
+    page.js(COLLECT_PROBLEMS).await;
+    page.sign_out().await;
+    page.sign_in(OPERATOR).await;
+    page.click("lang-toggle").await;
+    page.text_where("tab-data", "the English tab name", |t| t == "Data")
+        .await;
+    page.click("tab-data").await;
+    page.el("data-view").await;
+    page.el("dead-letters-need-engineer").await;
+    // The counts settle once the telemetry pauses: every reading stored is delivered.
+    telemetry.pause(true);
+    let settling = Instant::now();
+    let mut previous = Value::Null;
+    let account = loop {
+        let (status, body) = api
+            .call("GET", "/api/completeness", Some(&operator), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let a = body["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|a| a["node"] == LEAK))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let stored = &a["stored"];
+        if a == previous
+            && stored.as_u64().is_some_and(|n| n > 0)
+            && a["readings"] == *stored
+            && a["delivered"]["local_store"] == *stored
+        {
+            break a;
+        }
+        assert!(
+            settling.elapsed() < WAIT,
+            "{LEAK}'s counts do not settle: {a}"
+        );
+        previous = a;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let row = id_part(&[LEAK]);
+    for (cell, key) in [
+        ("samples", "samples"),
+        ("missing", "missing"),
+        ("stored", "stored"),
+        ("delivered", "delivered"),
+    ] {
+        let (cell, expected) = if cell == "delivered" {
+            (
+                format!("delivered-{row}-local_store"),
+                account["delivered"]["local_store"].as_u64().unwrap(),
+            )
+        } else {
+            (format!("{cell}-{row}"), account[key].as_u64().unwrap())
+        };
+        page.wait(
+            &format!("the page's `{cell}` = {expected}, as the API says"),
+            || async {
+                let v = page.attr_of(&tid(&cell), "data-value").await?;
+                (v == expected.to_string()).then_some(())
+            },
+        )
+        .await;
+        page.text_where(&cell, &format!("`{cell}` showing {expected}"), |t| {
+            t.starts_with(&grouped(expected))
+        })
+        .await;
+    }
+    let flagged = account["missing"] != 0
+        || account["dropped"] != json!({})
+        || account["dead_lettered"] != json!({});
+    assert_eq!(
+        page.attr_of(&tid(&format!("completeness-{row}")), "data-attention")
+            .await
+            .as_deref(),
+        Some(if flagged { "true" } else { "false" }),
+        "{account}"
+    );
+    page.el("sink-local_store").await;
+    page.shot("data").await;
+    eprintln!("{LEAK}'s account: {account}");
+    page.click("lang-toggle").await;
+    page.text_where("tab-data", "the Chinese tab name", |t| t == "数据完整性")
+        .await;
+    page.text_where("dead-letters-need-engineer", "the Chinese note", |t| {
+        t.contains("工程师")
+    })
+    .await;
+    page.shot("data-zh").await;
+    // The node's own figures on its page.
+    page.click(&format!("completeness-link-{row}")).await;
+    page.text_where("node-stored", "the node page's stored count", |t| {
+        t == grouped(account["stored"].as_u64().unwrap())
+    })
+    .await;
+    page.js("document.querySelector('[data-testid=\"node-completeness\"]').closest('section').scrollIntoView({block: 'center'});")
+        .await;
+    page.shot("node-data-zh").await;
+    telemetry.pause(false);
+    assert_eq!(
+        page.js("return window.__problems;").await,
+        json!([]),
+        "no script error or policy violation in the page"
+    );
 
     let _ = page.c.close().await;
     drop(telemetry);
