@@ -144,7 +144,7 @@ impl Gateway {
                         tx,
                         confirmations,
                         ingest_done.clone(),
-                        ingest.accounts(),
+                        (name != alarm_audit::SINK).then(|| ingest.accounts()),
                     )));
                     (rx, acker)
                 }

@@ -84,13 +84,15 @@ fn delivery(entry: Entry, id: BatchId) -> Result<Delivery, String> {
 
 /// Feeds `sink` from `outbox` until the pipeline has stopped (`ingest_done`) and everything
 /// durable was sent, then closes the sink's channel and waits for its last confirmations.
+/// Readings it confirms are counted in `accounts`; `None` for a sink that takes no readings
+/// (the alarm log), which would otherwise count as delivering them.
 pub async fn run(
     outbox: Arc<Outbox>,
     sink: String,
     tx: mpsc::Sender<Delivery>,
     mut confirmations: mpsc::UnboundedReceiver<Confirmation>,
     mut ingest_done: watch::Receiver<bool>,
-    accounts: Arc<Accounts>,
+    accounts: Option<Arc<Accounts>>,
 ) {
     // Readings per node of each batch sent and not yet confirmed, for the accounts.
     let mut unsettled: std::collections::VecDeque<(BatchId, NodeCounts)> =
@@ -115,7 +117,7 @@ pub async fn run(
                         sent = Some(b.id);
                         match delivery(b.entry, b.id) {
                             Ok(d) => {
-                                if let Output::Readings(r) = &d.output {
+                                if let (Output::Readings(r), Some(_)) = (&d.output, &accounts) {
                                     unsettled.push_back((b.id, count_by_node(r)));
                                 }
                                 queue.push_back(d);
@@ -145,14 +147,14 @@ pub async fn run(
             // Closed: collect the last confirmations until the sink hangs up.
             drop(queue);
             while let Some(c) = confirmations.recv().await {
-                confirm(&outbox, &sink, c, &mut unsettled, &accounts).await;
+                confirm(&outbox, &sink, c, &mut unsettled, accounts.as_deref()).await;
             }
             return;
         };
         tokio::select! {
             biased;
             c = confirmations.recv() => match c {
-                Some(c) => confirm(&outbox, &sink, c, &mut unsettled, &accounts).await,
+                Some(c) => confirm(&outbox, &sink, c, &mut unsettled, accounts.as_deref()).await,
                 None => return,
             },
             permit = sender.reserve(), if !queue.is_empty() => match permit {
@@ -177,8 +179,11 @@ async fn confirm(
     sink: &str,
     c: Confirmation,
     unsettled: &mut std::collections::VecDeque<(BatchId, NodeCounts)>,
-    accounts: &Accounts,
+    accounts: Option<&Accounts>,
 ) {
+    let Some(accounts) = accounts else {
+        return settle(outbox, sink, c).await;
+    };
     match &c {
         Confirmation::Done(id) => {
             while unsettled.front().is_some_and(|(b, _)| b <= id) {
@@ -195,6 +200,10 @@ async fn confirm(
             }
         }
     }
+    settle(outbox, sink, c).await;
+}
+
+async fn settle(outbox: &Outbox, sink: &str, c: Confirmation) {
     let result = match c {
         Confirmation::Done(id) => outbox.ack(sink, id).await,
         Confirmation::Rejected(id, reason) => {
