@@ -9,6 +9,7 @@
 //! | `tests/gateway_e2e.rs` | simulated fleets (Modbus TCP, Modbus RTU on pseudo-terminals, MQTT via mosquitto) → the gateway → VictoriaMetrics and an upstream mosquitto, checked against the simulator's ground truth; a dead RTU node, a broker restart, malformed input |
 //! | `tests/drill_sinks.rs` | fault drills against the sinks, on sped-up simulated time: VictoriaMetrics stopped for minutes and started again (every reading once, the backlog drained in order); an InfluxDB stub answering 503/429 with `Retry-After`, 500, a hang and 400 for one poisoned batch (dead-lettered, the queue not blocked); a device flapping for an hour |
 //! | `tests/drill_disk.rs` | the outbox on a small tmpfs while the sink is down: the bound's policy (downsampled, then dropped, alarms kept), every reading written or counted against its node; ignored until the gateway is fixed: the counts exact, and a filesystem that fills before the bound |
+//! | `tests/drill_crash.rs` | fault drills against the `tianzhong` binary: SIGKILLed 10 times at seeded random moments under 1,000 MQTT nodes and restarted on the same data directory; the upstream broker stopped and restarted — every reading in VictoriaMetrics and upstream exactly once (`TIANZHONG_SOAK=1` for the long variants) |
 //! | `tests/console_browser.rs` | the operator console in headless Chromium (WebDriver): an operator sees a red alarm arrive live and acknowledges it, an engineer edits a threshold, a viewer is refused; zh/en; screenshots of each step |
 //!
 //! Shared harness code:
@@ -20,10 +21,12 @@
 //! | [`gateway`] | starting a gateway in-process from configuration text; reading its metrics |
 //! | [`check`] | joining VictoriaMetrics series and upstream MQTT messages into readings and comparing them with the ground truth |
 //! | [`stub`] | for the drills: an HTTP stub of InfluxDB's write endpoint (scripted failures, a poisoned batch, going down and up, forwarding as a tap), line protocol parsed back, a VictoriaMetrics that stops and starts, a fleet on sped-up time, a tmpfs mount |
+//! | [`drill`] | the gateway as a child process (built by cargo, SIGKILLed, restarted), a subscriber with a persistent session, a seeded random source, accounting of sinks' copies against the ground truth |
 //! | [`browser`] | chromedriver and headless Chromium started per test on a free loopback port, offline, with a fresh profile; the screenshot folder |
 
 pub mod browser;
 pub mod check;
+pub mod drill;
 pub mod fleet;
 pub mod gateway;
 pub mod services;

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -96,8 +97,42 @@ fn kill(child: &mut Option<Child>) {
     }
 }
 
-/// A mosquitto broker on a loopback port of its own, without persistence (a restart forgets
-/// every session and retained message, as a crashed broker without a disk would).
+/// How a [`Mosquitto`] is configured beyond its listener; [`Default`] is what
+/// [`Mosquitto::start`] uses.
+#[derive(Clone, Debug)]
+pub struct MosquittoOptions {
+    /// `max_inflight_messages`: QoS 1 and 2 messages the broker sends each client before it
+    /// waits for their acknowledgements (mosquitto's default 20). A subscriber that
+    /// acknowledges only once a message is durable (the gateway's MQTT source, waiting for the
+    /// outbox's group commit) gets at most this many messages per commit, so drills at
+    /// thousands of messages a second raise it.
+    pub max_inflight_messages: u16,
+    /// `max_queued_messages` per client beyond the in-flight ones (mosquitto's default 1000).
+    pub max_queued_messages: u32,
+    /// `persistence true` with its database in the broker's directory: sessions,
+    /// subscriptions, queued and retained messages are saved when the broker is stopped
+    /// ([`Mosquitto::stop`], SIGTERM) and loaded when it starts again. A
+    /// [`Mosquitto::kill`] still loses what changed since the last save.
+    pub persistence: bool,
+    /// `log_type all`: every packet to and from every client in the broker's log (see
+    /// [`Mosquitto::log`]), some 5 lines per QoS 1 message relayed; otherwise errors,
+    /// warnings and notices (among them "Outgoing messages are being dropped").
+    pub log_all: bool,
+}
+
+impl Default for MosquittoOptions {
+    fn default() -> MosquittoOptions {
+        MosquittoOptions {
+            max_inflight_messages: 20,
+            max_queued_messages: 100_000,
+            persistence: false,
+            log_all: false,
+        }
+    }
+}
+
+/// A mosquitto broker on a loopback port of its own, by default without persistence (a restart
+/// forgets every session and retained message, as a crashed broker without a disk would).
 #[derive(Debug)]
 pub struct Mosquitto {
     port: u16,
@@ -108,13 +143,36 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts a broker and returns once it listens.
     pub fn start() -> anyhow::Result<Mosquitto> {
+        Mosquitto::start_with(&MosquittoOptions::default())
+    }
+
+    /// Starts a broker configured by `options` and returns once it listens.
+    pub fn start_with(options: &MosquittoOptions) -> anyhow::Result<Mosquitto> {
         require(MOSQUITTO, "mosquitto")?;
         let port = free_port();
         let dir = TempDir::new("tz-e2e-mosquitto")?;
+        // Started as root, mosquitto runs as user `mosquitto`: without this it can write
+        // neither its log nor its persistence database into the directory.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
+        let persistence = if options.persistence {
+            // Saved on a clean stop; the autosave only bounds what a kill loses.
+            format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                dir.path().display()
+            )
+        } else {
+            "persistence false\n".to_owned()
+        };
+        let log_types = if options.log_all {
+            "log_type all\n"
+        } else {
+            "log_type error\nlog_type warning\nlog_type notice\n"
+        };
         let config = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_queued_messages 100000\nlog_dest file {}\nlog_type error\nlog_type warning\n\
-             log_type notice\n",
+            "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
+             max_inflight_messages {}\nmax_queued_messages {}\nlog_dest file {}\n{log_types}",
+            options.max_inflight_messages,
+            options.max_queued_messages,
             dir.path().join("mosquitto.log").display()
         );
         std::fs::write(dir.path().join("mosquitto.conf"), config)?;
@@ -137,8 +195,8 @@ impl Mosquitto {
         self.dir.path().join("mosquitto.log")
     }
 
-    /// Starts the broker again on the same port (after [`Mosquitto::kill`]); returns once it
-    /// listens.
+    /// Starts the broker again on the same port (after [`Mosquitto::kill`] or
+    /// [`Mosquitto::stop`]); returns once it listens.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         kill(&mut self.child);
         let mut child = Command::new(MOSQUITTO)
@@ -175,6 +233,28 @@ impl Mosquitto {
     /// Kills the broker as a crash would (SIGKILL: no clean shutdown, no wills sent).
     pub fn kill(&mut self) {
         kill(&mut self.child);
+    }
+
+    /// Stops the broker as an operator would (SIGTERM): it closes every connection and, with
+    /// [`MosquittoOptions::persistence`], saves its state. Waits up to 30 s for it to exit,
+    /// then kills it.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + START_TIMEOUT;
+        while child.try_wait()?.is_none() {
+            if sent.as_ref().map_or(true, |s| !s.success()) || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("mosquitto did not stop on SIGTERM ({sent:?}); killed");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 }
 
@@ -277,11 +357,25 @@ impl VictoriaMetrics {
 
     /// Every sample of every series (`/api/v1/export` of `{__name__=~".+"}`).
     pub async fn export(&self) -> anyhow::Result<Vec<ExportedSeries>> {
+        self.export_matching(r#"{__name__=~".+"}"#).await
+    }
+
+    /// Every sample of the series `selector` matches (`/api/v1/export`), e.g.
+    /// `{__name__=~".+_seq"}`.
+    pub async fn export_matching(&self, selector: &str) -> anyhow::Result<Vec<ExportedSeries>> {
+        let mut body = String::from("match%5B%5D=");
+        for b in selector.bytes() {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                body.push(char::from(b));
+            } else {
+                body.push_str(&format!("%{b:02X}"));
+            }
+        }
         let r = self
             .http
             .post(format!("{}/api/v1/export", self.url()))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body("match%5B%5D=%7B__name__%3D~%22.%2B%22%7D")
+            .body(body)
             .send()
             .await?;
         ensure!(r.status().is_success(), "export: {}", r.status());
