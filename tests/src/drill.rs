@@ -632,20 +632,17 @@ pub async fn wait_vm_holds(
     timeout: Duration,
 ) -> anyhow::Result<usize> {
     let deadline = Instant::now() + timeout;
-    let mut found = 0;
     loop {
         // The cheap count first: fewer raw samples than readings required cannot be all.
         vm.force_flush().await?;
         let raw = vm_sample_count(vm, r#"{__name__=~".+_seq"}"#).await?;
-        if raw as usize >= required.len() {
+        let last = Instant::now() > deadline;
+        if raw as usize >= required.len() || last {
             let keys = vm_seq_keys(vm).await?;
-            found = required.iter().filter(|k| keys.contains(*k)).count();
-            if found == required.len() {
+            let found = required.iter().filter(|k| keys.contains(*k)).count();
+            if found == required.len() || last {
                 return Ok(found);
             }
-        }
-        if Instant::now() > deadline {
-            return Ok(found);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
