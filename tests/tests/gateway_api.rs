@@ -176,19 +176,25 @@ async fn start(dir: &Path, broker: SocketAddr, http: SocketAddr) -> Gateway {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rules_change_at_run_time_and_bad_requests_change_nothing() {
-    let dir = TempDir::new("tz-api").unwrap();
+/// A broker and a gateway on a fresh data directory, with the first-run admin logged in.
+async fn fresh(dir: &Path) -> (SocketAddr, SocketAddr, Gateway, Api, String) {
     let broker = free_addr();
     start_broker(broker).unwrap();
     let http = free_addr();
-    let gateway = start(dir.path(), broker, http).await;
+    let gateway = start(dir, broker, http).await;
     let admin_password = gateway.first_run_secret().unwrap().to_owned();
     let api = Api {
         http,
         client: reqwest::Client::new(),
     };
     let admin = api.login("admin", &admin_password).await;
+    (broker, http, gateway, api, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_change_at_run_time_and_bad_requests_change_nothing() {
+    let dir = TempDir::new("tz-api").unwrap();
+    let (broker, http, gateway, api, admin) = fresh(dir.path()).await;
     for (name, role) in [("eng", "engineer"), ("op", "operator"), ("view", "viewer")] {
         let (status, v) = api
             .call(
@@ -651,16 +657,7 @@ async fn the_openapi_document_describes_the_routes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completeness_reports_sequence_gaps_and_deliveries_per_sink() {
     let dir = TempDir::new("tz-complete").unwrap();
-    let broker = free_addr();
-    start_broker(broker).unwrap();
-    let http = free_addr();
-    let gateway = start(dir.path(), broker, http).await;
-    let admin_password = gateway.first_run_secret().unwrap().to_owned();
-    let api = Api {
-        http,
-        client: reqwest::Client::new(),
-    };
-    let admin = api.login("admin", &admin_password).await;
+    let (broker, http, gateway, api, admin) = fresh(dir.path()).await;
     let node = publisher(broker).await;
     // Samples 1, 2, 3, then 7: 4, 5 and 6 never arrive.
     for seq in [1, 2, 3, 7] {
