@@ -156,3 +156,45 @@ async fn a_refused_image_is_refused_with_the_nodes_reason() {
         Err(FlashError::Image(_))
     ));
 }
+
+/// The simulator's injected update failures, as `flash` meets them: a damaged image is
+/// refused by the node's own check at the finish, a power cut stops the transfer, and a
+/// rollback stages the image but the node comes back on the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_update_failures_fail_as_the_simulator_says() {
+    use tianzhong_simulator::fault::{Fault, ScheduledFault, Target};
+    let image = sim_image("TZ-GD100", version(1), 2, 3000);
+    for (fault, expect) in [
+        (
+            Fault::UpdateDamaged,
+            Some(
+                "finish: the node refused: SHA-256 differs from the trailer's: altered or damaged (reason 4)",
+            ),
+        ),
+        (Fault::UpdatePowerCut, Some("chunk 8")),
+        (Fault::UpdateRollback, None),
+    ] {
+        let (fleet, _transports, target) = bench().await;
+        fleet.faults.add(ScheduledFault {
+            fault: fault.clone(),
+            target: Target::Node("lab-gas-1".into()),
+            from_ms: 0,
+            until_ms: None,
+        });
+        let result = flash(&target, &image, |_| ControlFlow::Continue(())).await;
+        match expect {
+            Some(e) => {
+                let err = result.expect_err("the flash fails").to_string();
+                assert!(err.contains(e), "{fault:?}: {err}");
+            }
+            None => {
+                result.unwrap_or_else(|e| panic!("{fault:?}: {e}"));
+            }
+        }
+        // Whatever failed, the node runs and reports its factory image.
+        let after = probe(target.clone()).await.unwrap();
+        assert!(after.contains("firmware 1.0.0"), "{fault:?}: {after}");
+        let node = fleet.node(0);
+        assert_eq!(node.running_firmware(), version(0), "{fault:?}");
+    }
+}

@@ -63,6 +63,72 @@ pub enum Fault {
     MqttDisconnect,
     /// The node publishes malformed payloads instead of telemetry.
     MalformedPayload,
+    /// A firmware update fails at the finish: a flash cell of the update slot flips a bit of
+    /// the received image, so the node's own check (SHA-256 over the slot) refuses it with
+    /// reason 4, and the node keeps running its image.
+    UpdateDamaged,
+    /// A firmware update never completes: the node loses power at the first flash write of
+    /// chunk 8 (or the next chunk after it) every time, resets, and keeps its old image.
+    UpdatePowerCut,
+    /// A firmware update rolls back: the node stages the image and resets into it on trial,
+    /// but the new image crashes before its health check; after the boot policy's trial
+    /// attempts the bootloader reverts to the old image, which the node then reports.
+    UpdateRollback,
+}
+
+impl Fault {
+    /// Whether this fault is one of the firmware-update failures (which the node applies to
+    /// file-record requests, not the transport to every reply).
+    pub fn is_update_failure(&self) -> bool {
+        matches!(
+            self,
+            Fault::UpdateDamaged | Fault::UpdatePowerCut | Fault::UpdateRollback
+        )
+    }
+}
+
+/// Update failures for a deterministic choice of `fraction` of `nodes` (rounded to the nearest
+/// whole node), the same for the same `seed`: each chosen node gets `kinds[i % kinds.len()]`
+/// in the order chosen, for ever from time 0. Returns the faults; the chosen nodes are their
+/// targets. Nodes listed in `exempt` are never chosen (a test keeps its canaries healthy so).
+pub fn update_failures(
+    seed: u64,
+    nodes: &[String],
+    fraction: f64,
+    kinds: &[Fault],
+    exempt: &[String],
+) -> Vec<ScheduledFault> {
+    let mut pool: Vec<&String> = nodes.iter().filter(|n| !exempt.contains(n)).collect();
+    let want = ((nodes.len() as f64 * fraction.clamp(0.0, 1.0)).round() as usize).min(pool.len());
+    // A seeded Fisher-Yates shuffle (splitmix64): no dependency on a random crate's stream
+    // staying the same between versions.
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for i in (1..pool.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        pool.swap(i, j);
+    }
+    let kinds = if kinds.is_empty() {
+        &[Fault::UpdateDamaged][..]
+    } else {
+        kinds
+    };
+    pool.into_iter()
+        .take(want)
+        .enumerate()
+        .map(|(i, node)| ScheduledFault {
+            fault: kinds[i % kinds.len()].clone(),
+            target: Target::Node(node.clone()),
+            from_ms: 0,
+            until_ms: None,
+        })
+        .collect()
 }
 
 /// What a fault applies to.
@@ -157,6 +223,30 @@ impl FaultBoard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn update_failures_are_a_seeded_choice() {
+        let nodes: Vec<String> = (0..100).map(|i| format!("n{i:03}")).collect();
+        let exempt: Vec<String> = nodes[..5].to_vec();
+        let kinds = [Fault::UpdateDamaged, Fault::UpdateRollback];
+        let a = update_failures(7, &nodes, 0.05, &kinds, &exempt);
+        assert_eq!(a, update_failures(7, &nodes, 0.05, &kinds, &exempt));
+        assert_eq!(a.len(), 5);
+        assert_ne!(a, update_failures(8, &nodes, 0.05, &kinds, &exempt));
+        let mut targets: Vec<&Target> = a.iter().map(|f| &f.target).collect();
+        targets.dedup();
+        assert_eq!(targets.len(), 5);
+        for f in &a {
+            let Target::Node(n) = &f.target else {
+                panic!("a node")
+            };
+            assert!(!exempt.contains(n), "{n} is exempt");
+            assert!(f.fault.is_update_failure());
+        }
+        assert_eq!(a[0].fault, Fault::UpdateDamaged);
+        assert_eq!(a[1].fault, Fault::UpdateRollback);
+        assert!(update_failures(7, &nodes, 0.0, &kinds, &[]).is_empty());
+    }
 
     #[test]
     fn faults_apply_to_their_target_and_window() {

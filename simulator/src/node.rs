@@ -29,6 +29,7 @@ use tianzhong_firmware::node::config::NodeConfig;
 use tianzhong_firmware::node::storage::{ConfigSlots, ConfigStore};
 use tianzhong_firmware::node::{BootInfo, NodeCore, NodeIdentity, Sample};
 use tianzhong_firmware::sim::{SimAdc, SimFlash, SimI2cBus, SimScd4x, SimSht4x};
+use tianzhong_firmware::update::modbus_files::{CHUNK_FILE, FINISH_FILE};
 use tianzhong_protocol::convert::LoopSpan;
 use tianzhong_protocol::payload::{PAYLOAD_VERSION, Telemetry, TelemetryValue};
 use tianzhong_protocol::registers::profile::{self, FirmwareVersion, ResetReason};
@@ -633,8 +634,22 @@ impl VirtualNode {
     /// Serves one Modbus request PDU with the firmware's own PDU handler, as the node's slave
     /// would, and logs reads of the channel block as served.
     pub fn modbus(&mut self, request: &[u8], out: &mut [u8], now: SimMs) -> Handled {
+        self.modbus_faulted(request, out, now, &[])
+    }
+
+    /// As [`VirtualNode::modbus`], with the firmware-update failures among `faults`
+    /// ([`Fault::UpdateDamaged`], [`Fault::UpdatePowerCut`], [`Fault::UpdateRollback`])
+    /// applied to the file-record requests of an update.
+    pub fn modbus_faulted(
+        &mut self,
+        request: &[u8],
+        out: &mut [u8],
+        now: SimMs,
+        faults: &[Fault],
+    ) -> Handled {
         if let Some(&(READ_FILE_RECORD | WRITE_FILE_RECORD)) = request.first() {
-            return self.modbus_update(request, out, now);
+            let failure = faults.iter().find(|f| f.is_update_failure());
+            return self.modbus_update(request, out, now, failure);
         }
         let handled = pdu::handle(request, &mut self.core, out);
         if let (Handled::Response(_), Some(update)) = (&handled, self.update.as_mut()) {
@@ -665,19 +680,63 @@ impl VirtualNode {
     /// node resets: it boots what the bootloader decides, reports that image's version in its
     /// identity block, and starts its core afresh. (A real node that loses power does not
     /// answer; this one answers 04, server device failure.)
-    fn modbus_update(&mut self, request: &[u8], out: &mut [u8], now: SimMs) -> Handled {
+    fn modbus_update(
+        &mut self,
+        request: &[u8],
+        out: &mut [u8],
+        now: SimMs,
+        failure: Option<&Fault>,
+    ) -> Handled {
         let core = &mut self.core;
         let model = self.identity.model.clone();
         let update = self
             .update
             .get_or_insert_with(|| Box::new(NodeUpdate::new(&model)));
+        // The first sub-request of a write-file-record: byte count, reference type 6, file,
+        // record (the gateway sends one sub-request per request).
+        let write =
+            (request.first() == Some(&WRITE_FILE_RECORD) && request.len() >= 7).then(|| {
+                (
+                    u16::from_be_bytes([request[3], request[4]]),
+                    u16::from_be_bytes([request[5], request[6]]),
+                )
+            });
+        match (failure, write) {
+            (Some(Fault::UpdateDamaged), Some((FINISH_FILE, _))) => update.damage_received(),
+            (Some(Fault::UpdatePowerCut), Some((CHUNK_FILE, record))) if record >= 8 => {
+                update.cut_power_at(1)
+            }
+            _ => {}
+        }
         let handled = pdu::handle(request, &mut update.bank(core), out);
         if update.must_reset() {
-            let version = update.reset().header.version;
-            self.identity.firmware = version;
+            update.reset();
+            if failure == Some(&Fault::UpdateRollback) {
+                // The new image crashes before the health poll confirms it: the node resets
+                // again and again until the bootloader gives up on the trial and reverts.
+                for _ in 0..8 {
+                    if !matches!(update.running.kind, crate::update::BootKind::Trial { .. }) {
+                        break;
+                    }
+                    update.reset();
+                    self.boots = self.boots.saturating_add(1);
+                }
+            }
+            self.identity.firmware = update.running.header.version;
             self.reboot(now);
         }
         handled
+    }
+
+    /// The firmware version the node runs and reports in its identity block: the simulator's
+    /// ground truth for update campaigns.
+    pub fn running_firmware(&self) -> FirmwareVersion {
+        self.identity.firmware
+    }
+
+    /// Whether the node ever received a firmware-update request (its update flash exists).
+    pub fn update_touched(&self) -> bool {
+        self.update.is_some()
     }
 
     /// The telemetry payload of the node's latest values, as a directly connected node would

@@ -127,6 +127,19 @@ impl NodeUpdate {
         self.files.flash_mut().cut_at(k);
     }
 
+    /// Flips a bit of the image received into the slot that is not running (its first
+    /// payload byte), as a failing flash cell would: the finish's check then refuses it.
+    pub fn damage_received(&mut self) {
+        let start = SIM_LAYOUT.slot(self.running.slot.other()) as usize;
+        let flash = self.files.flash_mut().bytes_mut();
+        let header_len = ImageHeader::parse(&flash[start..])
+            .map(|h| usize::from(h.header_len))
+            .unwrap_or(512);
+        if let Some(b) = flash.get_mut(start + header_len) {
+            *b ^= 0x01;
+        }
+    }
+
     /// The flash, for inspection.
     pub fn flash(&mut self) -> &mut SimUpdateFlash {
         self.files.flash_mut()

@@ -161,6 +161,8 @@ pub(crate) struct WireFaults {
     pub truncated: bool,
     pub garbage: bool,
     pub wrong_unit: bool,
+    /// A firmware-update failure, which the node applies to update requests.
+    pub update: Option<Fault>,
 }
 
 impl WireFaults {
@@ -184,6 +186,9 @@ impl WireFaults {
                 Fault::Garbage => w.garbage = true,
                 Fault::WrongUnit => w.wrong_unit = true,
                 Fault::DropConnection => w.drop_connection = true,
+                f if f.is_update_failure() => {
+                    w.update.get_or_insert_with(|| f.clone());
+                }
                 _ => {}
             }
         }
@@ -356,9 +361,12 @@ pub(crate) fn answer(
     }
     let mut out = [0u8; MAX_PDU_LEN];
     // The node is locked for this one request only.
-    let handled = fleet
-        .node(node.index)
-        .modbus(request, &mut out, fleet.clock.now());
+    let handled = fleet.node(node.index).modbus_faulted(
+        request,
+        &mut out,
+        fleet.clock.now(),
+        faults.update.as_slice(),
+    );
     match handled {
         Handled::Response(len) => Outcome::Reply {
             pdu: out[..len].to_vec(),
