@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `viewer` | read: alarms, the live stream |
 //! | `operator` | also acknowledge and shelve alarms |
-//! | `engineer` | also change thresholds, devices and firmware (as those endpoints arrive) |
+//! | `engineer` | also change thresholds, devices and firmware (campaigns) |
 //! | `admin` | also manage users |
 //!
 //! Passwords are stored as Argon2id PHC strings (the `argon2` crate's defaults). API tokens
@@ -280,6 +280,29 @@ impl Users {
                     action: r.get(2)?,
                     target: r.get(3)?,
                     reason: r.get(4)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Audited writes on `target` and everything under it (`target/...`), oldest first.
+    pub fn audit_of_target(&self, target: &str) -> Result<Vec<AuditDetail>, AuthError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT at_ms, user, action, target, old, new, COALESCE(reason, '') FROM audit
+             WHERE target = ?1 OR substr(target, 1, length(?1) + 1) = ?1 || '/'
+             ORDER BY rowid",
+        )?;
+        let rows = stmt
+            .query_map([target], |r| {
+                Ok(AuditDetail {
+                    at_ms: r.get(0)?,
+                    user: r.get(1)?,
+                    action: r.get(2)?,
+                    target: r.get(3)?,
+                    old: r.get(4)?,
+                    new: r.get(5)?,
+                    reason: r.get(6)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

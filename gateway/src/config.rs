@@ -47,6 +47,7 @@
 //! poll_interval_s = 5              # > 0; fractions allowed
 //! profile = "tianzhong"            # a Tianzhong node: its map follows from its quantities
 //! quantities = ["combustible_gas", "air_temperature"]
+//! model = "TZ-GD100"               # optional: the hardware model firmware images must be for
 //!
 //! [[device]]                       # a third-party device: an inline register map
 //! id = "met-01"
@@ -94,6 +95,10 @@
 //! enabled = true                   #   by default (see the outbox module for the policy when
 //! max_mb = 1024                    #   full); its bound on disk, MiB; default 1024
 //! fsync_interval_ms = 20           # longest a batch waits for its group commit; default 20
+//!
+//! [firmware]                       # fleet campaigns (POST /api/campaigns); optional
+//! trusted_keys = ["fw-signing.key.pub"]  # public key files (`tianzhong firmware keygen`),
+//!                                  #   relative to this file; an image must verify under one
 //!
 //! [sink.local_store]               # readings kept under data_dir (SQLite); on by default
 //! enabled = true
@@ -212,6 +217,9 @@ pub struct Config {
     /// Node groups (`[alarms.groups]`): group name and its nodes, in file order. A node is in
     /// at most one group.
     pub node_groups: Vec<(String, Vec<NodeId>)>,
+    /// Public keys a firmware image must verify under before a campaign sends it
+    /// (`[firmware] trusted_keys`); none means no campaign can start.
+    pub trusted_keys: Vec<[u8; 32]>,
 }
 
 /// The durable outbox's settings.
@@ -354,6 +362,8 @@ pub struct Device {
     /// Shared: a map holds room for 64 channels (some 3 KB) and every Tianzhong node with the
     /// same quantities has the same one, so 10 000 such devices share a handful of maps.
     pub map: Arc<RegisterMap>,
+    /// The hardware model firmware images for it must name (`model`), when given.
+    pub model: Option<String>,
 }
 
 /// Where a device's register map came from.
@@ -495,6 +505,14 @@ struct RawConfig {
     calibration: Vec<Spanned<RawCalibration>>,
     alarms: Option<RawAlarms>,
     outbox: Option<RawOutbox>,
+    firmware: Option<RawFirmware>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFirmware {
+    #[serde(default)]
+    trusted_keys: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -578,6 +596,7 @@ struct RawDevice {
     quantities: Option<Spanned<Vec<Quantity>>>,
     #[serde(default)]
     channel: Vec<Spanned<RawChannel>>,
+    model: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -804,6 +823,7 @@ impl Context<'_> {
         }
         let node_groups = self.node_groups(raw.alarms.as_ref())?;
         let outbox = self.outbox(raw.outbox.as_ref())?;
+        let trusted_keys = self.trusted_keys(raw.firmware.as_ref())?;
         Ok(Config {
             gateway,
             buses: buses.into_iter().map(|b| b.bus).collect(),
@@ -817,7 +837,27 @@ impl Context<'_> {
             alarms_enabled: raw.alarms.as_ref().and_then(|a| a.enabled).unwrap_or(true),
             node_groups,
             outbox,
+            trusted_keys,
         })
+    }
+
+    fn trusted_keys(&self, raw: Option<&RawFirmware>) -> Result<Vec<[u8; 32]>, ConfigError> {
+        let mut keys = Vec::new();
+        for path in raw.map(|r| r.trusted_keys.as_slice()).unwrap_or_default() {
+            let given = Path::new(path.get_ref());
+            let file = match self.file.parent() {
+                Some(base) if given.is_relative() && !base.as_os_str().is_empty() => {
+                    base.join(given)
+                }
+                _ => given.to_owned(),
+            };
+            let key = crate::firmware_cli::read_key(crate::firmware_cli::KeyKind::Public, &file)
+                .map_err(|e| self.error(path.span(), "firmware.trusted_keys", e.to_string()))?;
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
     }
 
     fn outbox(&self, raw: Option<&RawOutbox>) -> Result<Option<OutboxSettings>, ConfigError> {
@@ -1283,6 +1323,19 @@ impl Context<'_> {
                         format!("poll interval {poll_s} s must be a finite number above 0"),
                     )
                 })?;
+            let model = match &d.model {
+                None => None,
+                Some(m) => {
+                    tianzhong_protocol::image::HardwareId::new(m.get_ref(), 1).map_err(|e| {
+                        self.error(
+                            m.span(),
+                            "device.model",
+                            format!("not a hardware model: {e}"),
+                        )
+                    })?;
+                    Some(m.get_ref().clone())
+                }
+            };
             let (kind, map) = self.register_map(spanned, &id, bus)?;
             let map = match &kind {
                 DeviceKind::Tianzhong { quantities } => Arc::clone(
@@ -1300,6 +1353,7 @@ impl Context<'_> {
                 poll_interval,
                 kind,
                 map,
+                model,
             });
         }
         Ok(out)

@@ -23,15 +23,23 @@
 //! | `GET /api/rules/history` | rule changes, newest first: who, when, old, new, why |
 //! | `GET /api/completeness` | per node: samples received and missing (sequence gaps), readings stored, delivered and dead-lettered per sink, dropped when the outbox was full; the outbox's state |
 //! | `GET /api/outbox/dead-letters` | batches a sink refused for good, newest first; engineer |
+//! | `GET /api/campaigns` | firmware campaigns, newest first, with counts of nodes by state and of refused requests; engineer |
+//! | `POST /api/campaigns` | `{"image_base64", "nodes" or "select", "canary", "waves", "max_failures", "max_failure_ratio", "tcp_parallel", "verify_timeout_s", "reason"}`: check the image and start a campaign; engineer |
+//! | `GET /api/campaigns/{id}` | one campaign with each node's state; engineer |
+//! | `GET /api/campaigns/{id}/audit` | its audit trail, oldest first; engineer |
+//! | `POST /api/campaigns/{id}/halt` | `{"reason"}`; engineer |
+//! | `POST /api/campaigns/{id}/resume` | `{"reason", "max_failures"?, "max_failure_ratio"?}`; engineer |
 //! | `GET /api/openapi.json` | the OpenAPI 3.1 description of all of this; no token needed |
 //!
 //! Everything under `/api` but login and the OpenAPI document needs `Authorization: Bearer TOKEN` (401 without or
 //! with a wrong one, 403 for a role that may not). Bad input gets a 4xx with
 //! `{"error": "..."}` and changes nothing: a body that is not the JSON asked for (400),
-//! unknown alarms, nodes or rules (404), an action the alarm's state does not allow or a rule
-//! change made against an older version (409), bodies over 16 KiB (413), bad query parameters
+//! unknown alarms, nodes, rules or campaigns (404), an action the alarm's or campaign's state
+//! does not allow or a rule change made against an older version (409), bodies over 16 KiB
+//! (1 MiB for a new campaign, which carries its image) (413), bad query parameters
 //! (400, naming the parameter). Every write is audited.
 
+mod campaigns;
 mod completeness;
 mod nodes;
 mod rules;
@@ -88,6 +96,8 @@ pub struct ApiState {
     pub accounts: Arc<crate::pipeline::Accounts>,
     /// The durable outbox, when on.
     pub outbox: Option<Arc<crate::outbox::Outbox>>,
+    /// Firmware campaigns.
+    pub campaigns: Option<crate::campaign::Campaigns>,
     /// Turns true when the gateway stops: live streams end, so that a connected client does
     /// not hold the shutdown up.
     pub shutdown: watch::Receiver<bool>,
@@ -564,6 +574,16 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/completeness", get(completeness::completeness))
         .route("/api/outbox/dead-letters", get(completeness::dead_letters))
+        .route(
+            "/api/campaigns",
+            get(campaigns::list)
+                .post(campaigns::create)
+                .layer(DefaultBodyLimit::max(campaigns::MAX_CAMPAIGN_BODY)),
+        )
+        .route("/api/campaigns/{id}", get(campaigns::one))
+        .route("/api/campaigns/{id}/audit", get(campaigns::audit))
+        .route("/api/campaigns/{id}/halt", post(campaigns::halt))
+        .route("/api/campaigns/{id}/resume", post(campaigns::resume))
         .route("/api/openapi.json", get(openapi))
         .merge(crate::console::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -19,12 +19,14 @@
 //! | [`console`] | the operator console (single-page app embedded in the binary), served at `/` and `/console/…` |
 //! | [`gateway`] | assembling and running a gateway from its configuration |
 //! | [`probe`] | reading one device from the command line |
+//! | [`campaign`] | firmware campaigns over a fleet: canaries, waves, a halt threshold, per-node state, audited |
 //! | [`flash`] | `tianzhong flash`: a signed image to one node over Modbus file records, resumable, with progress |
 //! | [`firmware_cli`] | `tianzhong firmware`: signing keys, signing and inspecting node firmware images |
 //! | [`demo`] | broker, simulated fleet and gateway in one process |
 
 pub mod alarm;
 pub mod auth;
+pub mod campaign;
 pub mod config;
 pub mod console;
 pub mod demo;

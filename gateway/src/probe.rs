@@ -130,6 +130,7 @@ pub async fn probe(target: ProbeTarget) -> Result<String, String> {
                 poll_interval: Duration::from_secs(1),
                 kind: DeviceKind::Tianzhong { quantities },
                 map: map.into(),
+                model: Some(identity.model.as_str().to_owned()),
             }
         }
     };

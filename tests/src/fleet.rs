@@ -290,13 +290,15 @@ impl SimFleet {
                 let _ = writeln!(
                     t,
                     "[[device]]\nid = \"{}\"\nsite = \"{}\"\nbus = \"{}\"\nunit = {}\n\
-                     poll_interval_s = {}\nprofile = \"tianzhong\"\nquantities = [{}]\n",
+                     poll_interval_s = {}\nprofile = \"tianzhong\"\nquantities = [{}]\n\
+                     model = \"{}\"\n",
                     n.id,
                     n.site,
                     n.bus,
                     n.unit,
                     settings.poll_interval_s,
-                    quantities.join(", ")
+                    quantities.join(", "),
+                    n.model
                 );
             }
         }
