@@ -570,7 +570,8 @@ function parseRoute() {
   const hash = decodeURIComponent(location.hash.replace(/^#\/?/, ''));
   const [view, ...rest] = hash.split('/');
   if (view === 'node' && rest.length) return { view: 'node', node: rest.join('/') };
-  if (['overview', 'alarms', 'rules', 'data'].includes(view)) return { view, node: '' };
+  if (view === 'campaigns' && rest.length) return { view: 'campaigns', node: rest.join('/') };
+  if (['overview', 'alarms', 'rules', 'data', 'campaigns'].includes(view)) return { view, node: '' };
   return { view: 'overview', node: '' };
 }
 
@@ -591,6 +592,8 @@ function route() {
   renderView();
   if (r.view === 'data' || r.view === 'node') startCompletenessRefresh(changed);
   else stopCompletenessRefresh();
+  if (r.view === 'campaigns') startCampaignRefresh();
+  else stopCampaignRefresh();
 }
 
 function renderView() {
@@ -605,6 +608,8 @@ function renderView() {
       return renderNodeView(view);
     case 'data':
       return renderDataView(view);
+    case 'campaigns':
+      return renderCampaignsView(view);
     default:
       return renderOverview(view);
   }
@@ -2138,3 +2143,201 @@ function init() {
 }
 
 init();
+
+// ---------------------------------------------------------------------------------------------
+// Firmware campaigns (engineers): the list, and one campaign's nodes, refreshed while shown.
+// The route `#/campaigns/{id}` selects a campaign. Other roles see why they cannot.
+
+const CAMPAIGN_REFRESH_MS = 2000;
+const NODE_STATES = ['pending', 'transferring', 'staged', 'verifying', 'updated', 'failed', 'skipped'];
+let campaignTimer = null;
+let campaignBusy = false;
+const campaignView = { list: null, one: null, error: null };
+
+function startCampaignRefresh() {
+  if (campaignTimer) return;
+  campaignTimer = setInterval(refreshCampaigns, CAMPAIGN_REFRESH_MS);
+  refreshCampaigns();
+}
+
+function stopCampaignRefresh() {
+  clearInterval(campaignTimer);
+  campaignTimer = null;
+}
+
+async function refreshCampaigns() {
+  if (campaignBusy || !state.me || !api.atLeast(state.me.role, 'engineer')) return;
+  campaignBusy = true;
+  const id = state.route.node;
+  try {
+    const [l, o] = await Promise.allSettled([
+      api.get('/api/campaigns'),
+      id ? api.get(`/api/campaigns/${encodeURIComponent(id)}`) : Promise.resolve(null),
+    ]);
+    campaignView.list = l.status === 'fulfilled' ? l.value : campaignView.list;
+    campaignView.one = o.status === 'fulfilled' ? o.value : null;
+    campaignView.error = l.status === 'rejected' ? l.reason : o.status === 'rejected' ? o.reason : null;
+  } finally {
+    campaignBusy = false;
+  }
+  if (state.route.view === 'campaigns') fillCampaigns();
+}
+
+function renderCampaignsView(view) {
+  const role = state.me.role;
+  if (!api.atLeast(role, 'engineer')) {
+    return replace(
+      view,
+      h(
+        'div',
+        { class: 'campaigns-view', 'data-testid': 'campaigns-view' },
+        h('h1', { text: t('campaigns.title') }),
+        h('p', { class: 'notice', 'data-testid': 'campaigns-need-engineer', text: t('campaigns.need_engineer', { role: roleName(role) }) }),
+      ),
+    );
+  }
+  replace(
+    view,
+    h(
+      'div',
+      { class: 'campaigns-view', 'data-testid': 'campaigns-view' },
+      h('h1', { text: t('campaigns.title') }),
+      h('p', { class: 'muted intro', text: t('campaigns.intro') }),
+      h('p', { class: 'error', 'data-testid': 'campaigns-error', hidden: true }),
+      h('section', { class: 'panel' }, h('div', { 'data-testid': 'campaigns-holder' }, h('p', { class: 'muted', text: t('common.loading') }))),
+      h('section', { class: 'panel', 'data-testid': 'campaign-panel', hidden: !state.route.node }, h('div', { 'data-testid': 'campaign-holder' })),
+    ),
+  );
+  fillCampaigns();
+}
+
+function campaignCounts(c) {
+  const n = c.counts || {};
+  return t('campaigns.counts', {
+    updated: n.updated ?? 0,
+    failed: n.failed ?? 0,
+    in_flight: n.in_flight ?? 0,
+    pending: n.pending ?? 0,
+    skipped: n.skipped ?? 0,
+  });
+}
+
+function fillCampaigns() {
+  const holder = byTestId('campaigns-holder');
+  if (!holder) return;
+  const err = byTestId('campaigns-error');
+  err.hidden = !campaignView.error;
+  err.textContent = campaignView.error ? errorText(campaignView.error) : '';
+  const l = campaignView.list;
+  if (!l) return;
+  const list = l.campaigns || [];
+  replace(
+    holder,
+    list.length
+      ? h(
+          'div',
+          { class: 'scroll' },
+          h(
+            'table',
+            { 'data-testid': 'campaigns' },
+            h('thead', {}, h('tr', {}, ['id', 'status', 'image', 'nodes', 'created', 'halt'].map((k) => h('th', { text: t(`campaigns.col.${k}`) })))),
+            h(
+              'tbody',
+              {},
+              list.map((c) =>
+                h(
+                  'tr',
+                  { 'data-testid': `campaign-${c.id}`, class: String(c.id) === state.route.node ? 'selected' : '' },
+                  h('td', {}, h('a', { href: `#/campaigns/${c.id}`, text: `#${c.id}` })),
+                  h('td', {}, h('span', { class: `badge campaign-${c.status}`, text: t(`campaigns.status.${c.status}`) }), c.active && c.status !== 'running' ? ` ${t('campaigns.finishing')}` : ''),
+                  h('td', { text: `${c.image.model} ${c.image.version}` }),
+                  h('td', { text: campaignCounts(c) }),
+                  h('td', { class: 'nowrap', text: `${fmtTime(c.created_ms)} · ${c.created_by}` }),
+                  h('td', { class: 'small', text: c.halt_reason || '' }),
+                ),
+              ),
+            ),
+          ),
+        )
+      : h('p', { class: 'muted', 'data-testid': 'campaigns-empty', text: t('campaigns.empty') }),
+    h('p', { class: 'muted small', text: t('campaigns.refused', l.refused || {}) }),
+  );
+  fillCampaign();
+}
+
+async function campaignAction(c, action) {
+  const reason = window.prompt(t(`campaigns.${action}.prompt`, { id: c.id }));
+  if (reason === null) return;
+  try {
+    await api.post(`/api/campaigns/${c.id}/${action}`, { reason });
+    toast(t(`campaigns.${action}.done`, { id: c.id }), 'ok');
+  } catch (e) {
+    toast(errorText(e), 'error');
+  }
+  refreshCampaigns();
+}
+
+function nodeProgress(n) {
+  if (n.state === 'transferring' && n.total) return `${Math.floor((100 * n.done) / n.total)} % (${fmtCount(n.done)} / ${fmtCount(n.total)} B)`;
+  if (n.state === 'updated') return n.version || '';
+  return n.reason || '';
+}
+
+function fillCampaign() {
+  const panel = byTestId('campaign-panel');
+  const holder = byTestId('campaign-holder');
+  if (!holder) return;
+  panel.hidden = !state.route.node;
+  const c = campaignView.one;
+  if (!state.route.node) return;
+  if (!c) return replace(holder, h('p', { class: 'muted', text: t('common.loading') }));
+  const waves = c.waves.map((n, i) => (i === 0 ? t('campaigns.canary', { n }) : String(n))).join(' → ');
+  const threshold = [
+    c.threshold.max_failures != null ? t('campaigns.max_failures', { n: c.threshold.max_failures }) : null,
+    c.threshold.max_failure_ratio != null ? t('campaigns.max_ratio', { r: c.threshold.max_failure_ratio }) : null,
+  ].filter(Boolean).join(', ');
+  replace(
+    holder,
+    h('h2', { text: t('campaigns.one', { id: c.id, model: c.image.model, version: c.image.version }) }),
+    h(
+      'dl',
+      { class: 'facts' },
+      h('dt', { text: t('campaigns.col.status') }), h('dd', { 'data-testid': 'campaign-status', text: t(`campaigns.status.${c.status}`) }),
+      h('dt', { text: t('campaigns.waves') }), h('dd', { text: `${waves} (${t('campaigns.wave_now', { n: c.wave })})` }),
+      h('dt', { text: t('campaigns.threshold') }), h('dd', { text: threshold }),
+      h('dt', { text: t('campaigns.reason') }), h('dd', { text: `${c.reason} · ${c.run_by}` }),
+      c.halt_reason ? [h('dt', { text: t('campaigns.col.halt') }), h('dd', { 'data-testid': 'campaign-halt-reason', text: c.halt_reason })] : null,
+    ),
+    h(
+      'div',
+      { class: 'buttons' },
+      h('button', { type: 'button', class: 'danger', 'data-testid': 'campaign-halt', disabled: c.status !== 'running', text: t('campaigns.halt'), onclick: () => campaignAction(c, 'halt') }),
+      h('button', { type: 'button', class: 'primary', 'data-testid': 'campaign-resume', disabled: c.status !== 'halted' || c.active, text: t('campaigns.resume'), onclick: () => campaignAction(c, 'resume') }),
+    ),
+    h(
+      'div',
+      { class: 'scroll' },
+      h(
+        'table',
+        { 'data-testid': 'campaign-nodes' },
+        h('thead', {}, h('tr', {}, ['node', 'bus', 'unit', 'wave', 'state', 'detail'].map((k) => h('th', { text: t(`campaigns.node.${k}`) })))),
+        h(
+          'tbody',
+          {},
+          c.nodes.map((n) =>
+            h(
+              'tr',
+              { 'data-testid': `campaign-node-${idPart(n.node)}`, dataset: { state: n.state } },
+              h('td', {}, h('a', { href: `#/node/${encodeURIComponent(n.node)}`, text: n.node })),
+              h('td', { text: n.bus }),
+              h('td', { class: 'num', text: String(n.unit) }),
+              h('td', { class: 'num', text: n.wave === 0 ? t('campaigns.canary_short') : String(n.wave) }),
+              h('td', {}, h('span', { class: `badge node-${n.state}`, text: NODE_STATES.includes(n.state) ? t(`campaigns.state.${n.state}`) : n.state })),
+              h('td', { class: 'small', text: nodeProgress(n) }),
+            ),
+          ),
+        ),
+      ),
+    ),
+  );
+}

@@ -16,7 +16,9 @@
 //! `GET /api/stream` with `fetch` (an `EventSource` cannot send the `Authorization` header).
 //! Its views are hash routes: `#/overview`, `#/alarms`, `#/rules`, `#/data` (where the data
 //! went: `GET /api/completeness`, and for engineers `GET /api/outbox/dead-letters`, fetched
-//! every few seconds while shown), `#/node/{id}`. Every visible string comes from one
+//! every few seconds while shown), `#/campaigns` and `#/campaigns/{id}` (firmware campaigns
+//! and one campaign's nodes, from `GET /api/campaigns…` every 2 s while shown; engineers
+//! only: other roles see why), `#/node/{id}`. Every visible string comes from one
 //! dictionary per language (`i18n.js`, Chinese and English); quantity names come from the
 //! API's `label_zh` / `label_en`.
 
