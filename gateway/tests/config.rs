@@ -1081,3 +1081,50 @@ fn node_groups_parse_and_a_node_in_two_groups_is_refused() {
         "bad id with spaces",
     );
 }
+
+#[test]
+fn firmware_keys_and_device_models_are_read_and_checked() {
+    use tianzhong_gateway::firmware_cli::{KeyKind, encode_key};
+    let dir = tempfile::tempdir().unwrap();
+    let key = [7u8; 32];
+    let path = dir.path().join("fw.key.pub");
+    std::fs::write(&path, encode_key(KeyKind::Public, &key)).unwrap();
+    let private = dir.path().join("fw.key");
+    std::fs::write(&private, encode_key(KeyKind::Private, &key)).unwrap();
+    let text = format!(
+        "{}model = \"TZ-GD100\"\n\n[firmware]\ntrusted_keys = [\"{}\", \"{}\"]\n",
+        BASE,
+        path.display(),
+        path.display()
+    );
+    let c = parse_ok(&text);
+    assert_eq!(c.trusted_keys, vec![key], "the same key once");
+    assert_eq!(c.devices[0].model.as_deref(), Some("TZ-GD100"));
+    assert!(parse_ok(BASE).trusted_keys.is_empty());
+    assert_eq!(parse_ok(BASE).devices[0].model, None);
+
+    let missing = format!("{BASE}\n[firmware]\ntrusted_keys = [\"/nonexistent/k.pub\"]\n");
+    assert_fails(
+        &missing,
+        "trusted_keys",
+        "firmware.trusted_keys",
+        "/nonexistent/k.pub",
+    );
+    let wrong_kind = format!(
+        "{BASE}\n[firmware]\ntrusted_keys = [\"{}\"]\n",
+        private.display()
+    );
+    assert_fails(
+        &wrong_kind,
+        "trusted_keys",
+        "firmware.trusted_keys",
+        "holds a private key",
+    );
+    let bad_model = format!("{BASE}model = \"TZ GD100 with a very long name\"\n");
+    assert_fails(
+        &bad_model,
+        "model =",
+        "device.model",
+        "not a hardware model",
+    );
+}

@@ -281,6 +281,25 @@ fn check_against_truth(
     states
 }
 
+/// The most nodes between transfer start and end at once (all on one Modbus TCP bus here).
+fn max_in_flight(campaign: &Value) -> usize {
+    let mut edges: Vec<(i64, i32)> = Vec::new();
+    for n in campaign["nodes"].as_array().unwrap() {
+        if let (Some(a), Some(b)) = (n["started_ms"].as_i64(), n["finished_ms"].as_i64()) {
+            // An end sorts before a start at the same millisecond: the slot was free again.
+            edges.push((a, 1));
+            edges.push((b, -1));
+        }
+    }
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    most as usize
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_with_5_percent_failures_halts_at_its_threshold() {
     let _serial = SERIAL.lock().await;
@@ -419,6 +438,11 @@ async fn a_campaign_with_5_percent_failures_halts_at_its_threshold() {
     for n in &b.ids[..CANARY] {
         assert_eq!(states[n], "updated");
     }
+    let most = max_in_flight(&c);
+    assert!(
+        (2..=8).contains(&most),
+        "transfers at once: {most}, tcp_parallel 8"
+    );
     let halted_ms = c["halted_ms"].as_i64().unwrap();
     for n in c["nodes"].as_array().unwrap() {
         if let Some(t) = n["started_ms"].as_i64() {
@@ -516,8 +540,23 @@ async fn a_campaign_with_5_percent_failures_halts_at_its_threshold() {
         .await;
     assert_eq!(status, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("already pass"), "{v}");
+    let reasons: Vec<String> = c["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["state"] == "failed")
+        .map(|n| {
+            format!(
+                "{} ({:?}): {}",
+                n["node"],
+                faults[n["node"].as_str().unwrap()],
+                n["reason"]
+            )
+        })
+        .collect();
+    println!("failed nodes:\n  {}", reasons.join("\n  "));
     println!(
-        "campaign over {NODES} nodes, 5 injected failures: {updated} updated, {failed} failed, {skipped} skipped; halted after {:.1} s; {} audit rows; test {:.1} s",
+        "campaign over {NODES} nodes, 5 injected failures: {updated} updated, {failed} failed, {skipped} skipped; at most {most} transfers at once; halted after {:.1} s; {} audit rows; test {:.1} s",
         took.as_secs_f64(),
         rows.len(),
         started.elapsed().as_secs_f64()
@@ -608,6 +647,11 @@ async fn without_failures_a_halted_and_resumed_campaign_updates_every_node() {
         done["counts"]
     );
     assert_eq!(done["counts"]["updated"], NODES);
+    let most = max_in_flight(&done);
+    assert!(
+        (2..=8).contains(&most),
+        "transfers at once: {most}, tcp_parallel 8"
+    );
     let (_, audit) = b
         .api
         .call("GET", &format!("{path}/audit"), &b.eng, None)
@@ -643,7 +687,7 @@ async fn without_failures_a_halted_and_resumed_campaign_updates_every_node() {
     assert_eq!(again["status"], "completed");
     assert_eq!(again["nodes"], done["nodes"]);
     println!(
-        "campaign over {NODES} nodes without failures: resumed run {:.1} s; test {:.1} s",
+        "campaign over {NODES} nodes without failures: at most {most} transfers at once; resumed run {:.1} s; test {:.1} s",
         run.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
