@@ -23,8 +23,10 @@
 //!   `max_failure_ratio` (judged once 10 nodes finished). Halting starts no new transfer;
 //!   transfers in flight finish (a node is never cut off mid-image by the campaign); every
 //!   node not started becomes `skipped`.
-//! - **Concurrency.** One transfer at a time per Modbus RTU bus (a serial line has one
-//!   master); Modbus TCP nodes in parallel, up to `tcp_parallel`.
+//! - **Concurrency.** Modbus TCP nodes in parallel, up to `tcp_parallel`. One transfer at a
+//!   time per Modbus RTU bus (a serial line has one master) — but RTU targets are refused
+//!   for now, because the gateway's poller holds the bus's serial port exclusively (see
+//!   [`plan::check_links`]).
 //! - **Halt and resume.** An engineer may halt a running campaign (the same as a threshold
 //!   halt) and resume a halted one: its skipped nodes become pending again and the waves go on
 //!   from where it stopped. A resume may raise the threshold; it is refused (409) while the
@@ -324,6 +326,7 @@ impl Campaigns {
             .map_err(|e| CampaignError::Bad(format!("image_base64: not base64: {e}")))?;
         let info = image::check(&bytes, &inner.trusted).map_err(CampaignError::Bad)?;
         let targets = plan::targets(&inner.targets, &req)?;
+        plan::check_links(&targets)?;
         plan::check_models(&targets, &info.model)?;
         let waves = plan::waves(targets.len(), req.canary, &req.waves)?;
         let (threshold, tcp_parallel, verify_timeout_s) = plan::limits(&req)?;

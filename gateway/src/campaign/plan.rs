@@ -168,6 +168,22 @@ pub fn targets(all: &[TargetNode], req: &NewCampaign) -> Result<Vec<TargetNode>,
     }
 }
 
+/// Every target is on a Modbus TCP bus. A Modbus RTU bus's serial port is held open
+/// (exclusively) by the gateway's poller for that bus, so a transfer cannot open it beside
+/// the poller: refused here with the reason rather than failing on every node. (The runner
+/// already keeps RTU transfers to one per bus for when the bus task lends its link.)
+pub fn check_links(targets: &[TargetNode]) -> Result<(), PlanError> {
+    match targets.iter().find(|t| t.rtu()) {
+        Some(t) => Err(PlanError::Bad(format!(
+            "node `{}` (bus {}, unit {}) is on a Modbus RTU bus, whose serial port the \
+             gateway's poller holds: campaigns reach Modbus TCP nodes only for now; flash it \
+             with `tianzhong flash` while the gateway is stopped",
+            t.id, t.bus, t.unit
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Every target is configured as the model the image is built for.
 pub fn check_models(targets: &[TargetNode], image_model: &str) -> Result<(), PlanError> {
     for t in targets {
@@ -281,6 +297,47 @@ mod tests {
 
     fn w(v: serde_json::Value) -> Vec<serde_json::Value> {
         v.as_array().unwrap().clone()
+    }
+
+    fn node(id: &str, link: Link, model: Option<&str>) -> TargetNode {
+        TargetNode {
+            id: id.into(),
+            site: "s".into(),
+            group: None,
+            bus: "b".into(),
+            link,
+            unit: 1,
+            timeout: Duration::from_secs(1),
+            model: model.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn targets_must_be_tcp_nodes_of_the_images_model() {
+        let tcp = Link::Tcp {
+            address: "127.0.0.1:502".into(),
+        };
+        let rtu = Link::Rtu {
+            device: "/dev/ttyS1".into(),
+            baud: 9600,
+            parity: crate::config::Parity::Even,
+            stop_bits: crate::config::StopBits::One,
+        };
+        let good = node("a", tcp.clone(), Some("TZ-1"));
+        assert_eq!(check_links(std::slice::from_ref(&good)), Ok(()));
+        assert!(matches!(
+            check_links(&[good.clone(), node("r", rtu, Some("TZ-1"))]),
+            Err(PlanError::Bad(m)) if m.contains("`r`") && m.contains("RTU")
+        ));
+        assert_eq!(check_models(std::slice::from_ref(&good), "TZ-1"), Ok(()));
+        assert!(matches!(
+            check_models(&[good.clone()], "TZ-2"),
+            Err(PlanError::Bad(m)) if m.contains("is a TZ-1; the image is built for TZ-2")
+        ));
+        assert!(matches!(
+            check_models(&[node("x", tcp, None)], "TZ-1"),
+            Err(PlanError::Bad(m)) if m.contains("no `model`")
+        ));
     }
 
     #[test]
