@@ -328,6 +328,9 @@ function logout() {
   state.editing = null;
   state.completeness = null;
   state.completenessAt = 0;
+  // Campaigns are engineers' business: nothing of them stays for the next user.
+  stopCampaignRefresh();
+  Object.assign(campaignView, { list: null, one: null, error: null });
   state.completenessError = null;
   state.deadLetters = null;
   state.backlog = [];

@@ -331,7 +331,7 @@ mod tests {
         ));
         assert_eq!(check_models(std::slice::from_ref(&good), "TZ-1"), Ok(()));
         assert!(matches!(
-            check_models(&[good.clone()], "TZ-2"),
+            check_models(std::slice::from_ref(&good), "TZ-2"),
             Err(PlanError::Bad(m)) if m.contains("is a TZ-1; the image is built for TZ-2")
         ));
         assert!(matches!(

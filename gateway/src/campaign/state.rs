@@ -142,7 +142,7 @@ impl Threshold {
             && failed > max
         {
             return Some(format!(
-                "{failed} failures pass the threshold of {max} (max_failures)"
+                "{failed} nodes failed, more than max_failures = {max}"
             ));
         }
         if let Some(ratio) = self.max_failure_ratio
@@ -150,7 +150,7 @@ impl Threshold {
             && failed as f64 > ratio * finished as f64
         {
             return Some(format!(
-                "{failed} of {finished} finished nodes failed, above the ratio {ratio} (max_failure_ratio)"
+                "{failed} of {finished} finished nodes failed, more than max_failure_ratio = {ratio}"
             ));
         }
         None
@@ -254,7 +254,10 @@ mod tests {
             max_failure_ratio: None,
         };
         assert_eq!(t.passed(3, 50), None);
-        assert!(t.passed(4, 50).unwrap().contains("4 failures"));
+        assert_eq!(
+            t.passed(4, 50).unwrap(),
+            "4 nodes failed, more than max_failures = 3"
+        );
         let r = Threshold {
             max_failures: None,
             max_failure_ratio: Some(0.1),
