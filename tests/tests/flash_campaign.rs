@@ -11,6 +11,8 @@
 //!   are counted, and change nothing.
 //! - The same campaign with no injected failure, halted by an engineer in its second wave
 //!   and resumed, completes on all 100 nodes; a restarted gateway shows it as it was.
+//! - A campaign cut by a gateway stop is shown halted after the restart, its nodes in flight
+//!   back to pending, and completes when resumed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -686,6 +688,114 @@ async fn without_failures_a_halted_and_resumed_campaign_updates_every_node() {
         "campaign over {NODES} nodes without failures: at most {most} transfers at once; resumed run {:.1} s; test {:.1} s",
         run.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64()
+    );
+    gateway.shutdown(Duration::from_secs(10)).await;
+    drop(fleet);
+}
+
+/// A gateway stopped in the middle of a campaign: started again on the same data directory,
+/// it shows the campaign halted by the stop, the nodes that were in flight back to pending
+/// and nothing in flight; resumed, it updates every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_cut_by_a_gateway_stop_is_halted_and_resumes_after_the_restart() {
+    let _serial = SERIAL.lock().await;
+    let (b, _) = bench(0.0).await;
+    let image = new_image();
+    let (status, created) = b
+        .api
+        .call(
+            "POST",
+            "/api/campaigns",
+            &b.eng,
+            Some(campaign_body(&b.ids, &image)),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let path = format!("/api/campaigns/{}", created["id"]);
+    // Stop once some nodes are through and some are in flight.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, v) = b.api.call("GET", &path, &b.eng, None).await;
+        if v["counts"]["updated"].as_u64().unwrap() >= 20
+            && v["counts"]["in_flight"].as_u64().unwrap() > 0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", v["counts"]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let Bench {
+        fleet,
+        gateway,
+        api,
+        toml,
+        eng,
+        dir,
+        ..
+    } = b;
+    gateway.shutdown(Duration::from_secs(10)).await;
+    let gateway = tianzhong_tests::gateway::start(&toml, &dir.path().join("gw.toml"))
+        .await
+        .unwrap();
+    let (status, after) = api.call("GET", &path, &eng, None).await;
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(after["status"], "halted");
+    assert_eq!(
+        after["halt_reason"],
+        "the gateway stopped while the campaign ran; resume it to go on"
+    );
+    assert_eq!(after["counts"]["in_flight"], 0, "{}", after["counts"]);
+    let updated_before = after["counts"]["updated"].as_u64().unwrap();
+    assert!(updated_before >= 20);
+    // Whatever the API says updated, the node runs.
+    for n in after["nodes"].as_array().unwrap() {
+        if n["state"] == "updated" {
+            let i = fleet.fleet.index_of(n["node"].as_str().unwrap()).unwrap();
+            assert_eq!(fleet.fleet.node(i).running_firmware(), version(1), "{n}");
+        }
+    }
+    let (status, v) = api
+        .call(
+            "POST",
+            &format!("{path}/resume"),
+            &eng,
+            Some(json!({"reason": "after the restart"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let done = api
+        .wait_settled(
+            created["id"].as_u64().unwrap(),
+            &eng,
+            Duration::from_secs(100),
+        )
+        .await;
+    assert_eq!(done["status"], "completed", "{}", done["counts"]);
+    assert_eq!(done["counts"]["updated"], NODES);
+    for i in 0..NODES {
+        assert_eq!(fleet.fleet.node(i).running_firmware(), version(1));
+    }
+    let (_, audit) = api.call("GET", &format!("{path}/audit"), &eng, None).await;
+    let rows = audit["audit"].as_array().unwrap();
+    let halt = rows
+        .iter()
+        .find(|r| r["action"] == "campaign.halt")
+        .expect("the restart's halt is audited");
+    assert_eq!(halt["reason"], after["halt_reason"]);
+    let back_to_pending = rows
+        .iter()
+        .filter(|r| {
+            r["action"] == "campaign.node"
+                && r["new"] == "pending"
+                && !r["old"].as_str().unwrap().starts_with("skipped")
+        })
+        .count();
+    assert!(
+        (1..=8).contains(&back_to_pending),
+        "nodes in flight at the stop (at most tcp_parallel) went back to pending: {back_to_pending}"
+    );
+    println!(
+        "campaign cut by a stop after {updated_before} nodes; {back_to_pending} in flight went back to pending; all {NODES} updated after the resume"
     );
     gateway.shutdown(Duration::from_secs(10)).await;
     drop(fleet);
