@@ -278,9 +278,13 @@ impl Gateway {
                 .as_ref()
                 .map(|_| config.gateway.data_dir.join(local_store::FILE_NAME)),
         };
-        let campaigns =
-            crate::campaign::Campaigns::open(&config, Arc::clone(&users), shutdown_rx.clone())
-                .map_err(|e| anyhow::anyhow!(e))?;
+        let campaigns = crate::campaign::Campaigns::open(
+            &config,
+            Arc::clone(&users),
+            Arc::clone(&metrics),
+            shutdown_rx.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
         let api = crate::http::ApiState {
             campaigns: Some(campaigns),
             metrics: Arc::clone(&metrics),

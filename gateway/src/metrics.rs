@@ -21,6 +21,8 @@
 //! | `tianzhong_sink_points_total` | `sink`, `result` | `written`, `rejected` (refused by the sink, counted) |
 //! | `tianzhong_sink_errors_total` | `sink`, `kind` | failed attempts, by kind |
 //! | `tianzhong_sink_write_seconds` | `sink` | time per write, retries included |
+//! | `tianzhong_campaign_requests_refused_total` | `reason` | firmware campaign requests refused: `bad_request`, `not_found`, `conflict` |
+//! | `tianzhong_campaign_nodes_total` | `kind` | campaign nodes that ended: `updated`, `failed`, `skipped` |
 //! | `tianzhong_modbus_requests_total` | `bus`, `device`, `unit`, `result` | `ok`, `timeout`, `exception`, `malformed`, `error` |
 //! | `tianzhong_modbus_request_seconds` | `bus`, `device`, `unit` | latency of answered polls |
 //! | `tianzhong_modbus_bus_requests_total` | `bus`, `result` | the same, summed per bus |
@@ -167,6 +169,10 @@ pub struct Metrics {
     pub outbox_dropped: Family<NodeReasonLabels, Gauge>,
     /// Samples nodes made that never reached the gateway (sequence gaps), since it started.
     pub samples_missing: Gauge,
+    /// Firmware campaign requests refused, by reason (`bad_request`, `not_found`, `conflict`).
+    pub campaign_refused: Family<ReasonLabels, Counter>,
+    /// Campaign nodes that ended, by kind (`updated`, `failed`, `skipped`).
+    pub campaign_nodes: Family<KindLabels, Counter>,
     /// All of `malformed`, summed (not exported; for status lines and tests).
     pub malformed_sum: Counter,
     /// All of `mqtt_messages`, summed (not exported).
@@ -206,6 +212,8 @@ impl Metrics {
             outbox_behind: Family::default(),
             outbox_dropped: Family::default(),
             samples_missing: Gauge::default(),
+            campaign_refused: Family::default(),
+            campaign_nodes: Family::default(),
             malformed_sum: Counter::default(),
             mqtt_messages_sum: Counter::default(),
             registry: Registry::default(),
@@ -294,6 +302,16 @@ impl Metrics {
             "samples_missing",
             "Samples nodes made that never reached the gateway (sequence gaps) since it started",
             m.samples_missing.clone(),
+        );
+        registry.register(
+            "campaign_requests_refused",
+            "Firmware campaign requests refused, by reason: bad_request, not_found, conflict",
+            m.campaign_refused.clone(),
+        );
+        registry.register(
+            "campaign_nodes",
+            "Nodes of firmware campaigns that ended, by kind: updated, failed, skipped",
+            m.campaign_nodes.clone(),
         );
         registry.register_collector(Box::new(std::sync::Arc::clone(&m.devices)));
         Metrics { registry, ..m }

@@ -388,6 +388,14 @@ async fn a_campaign_with_5_percent_failures_halts_at_its_threshold() {
     assert_eq!(v["campaigns"], json!([]), "no campaign from bad requests");
     assert_eq!(v["refused"]["bad_request"], 10, "{v}");
     assert_eq!(v["refused"]["not_found"], 1, "{v}");
+    let refused = |reason: &str| {
+        tianzhong_tests::gateway::metric(
+            &b.gateway,
+            "tianzhong_campaign_requests_refused_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!((refused("bad_request"), refused("not_found")), (10.0, 1.0));
     for i in 0..NODES {
         assert!(
             !b.fleet.fleet.node(i).update_touched(),
@@ -436,6 +444,19 @@ async fn a_campaign_with_5_percent_failures_halts_at_its_threshold() {
     for n in &b.ids[..CANARY] {
         assert_eq!(states[n], "updated");
     }
+    for (kind, n) in [
+        ("updated", updated),
+        ("failed", failed),
+        ("skipped", skipped),
+    ] {
+        let counted = tianzhong_tests::gateway::metric(
+            &b.gateway,
+            "tianzhong_campaign_nodes_total",
+            &[("kind", kind)],
+        );
+        assert_eq!(counted, n as f64, "{kind}");
+    }
+    assert_eq!(refused("conflict"), 1.0, "the duplicate campaign");
     let most = max_in_flight(&c);
     assert!(
         (2..=8).contains(&most),

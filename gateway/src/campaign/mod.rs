@@ -112,6 +112,7 @@ pub(crate) struct Inner {
     store: Mutex<store::Store>,
     campaigns: Mutex<BTreeMap<u64, Entry>>,
     refused: Refused,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -189,6 +190,17 @@ impl Inner {
             _ => {}
         }
         let n = n.clone();
+        if matches!(
+            n.state,
+            NodeState::Updated { .. } | NodeState::Failed { .. } | NodeState::Skipped { .. }
+        ) {
+            self.metrics
+                .campaign_nodes
+                .get_or_create(&crate::metrics::KindLabels {
+                    kind: n.state.key().into(),
+                })
+                .inc();
+        }
         self.save_node(c.id, seq, &n);
         self.audit(
             &c.run_by,
@@ -230,16 +242,26 @@ impl Inner {
 
     fn refuse(&self, e: CampaignError) -> CampaignError {
         let counter = match &e {
-            CampaignError::Bad(_) => Some(&self.refused.bad_request),
-            CampaignError::NotFound(_) => Some(&self.refused.not_found),
-            CampaignError::Conflict(_) => Some(&self.refused.conflict),
+            CampaignError::Bad(_) => Some((&self.refused.bad_request, "bad_request")),
+            CampaignError::NotFound(_) => Some((&self.refused.not_found, "not_found")),
+            CampaignError::Conflict(_) => Some((&self.refused.conflict, "conflict")),
             CampaignError::Storage(_) => None,
         };
-        if let Some(c) = counter {
-            c.fetch_add(1, Ordering::Relaxed);
+        if let Some((c, reason)) = counter {
+            self.count_refused(c, reason);
         }
         tracing::info!("campaign request refused: {e}");
         e
+    }
+
+    fn count_refused(&self, counter: &AtomicU64, reason: &str) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .campaign_refused
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     /// A running campaign other than `except` holding one of `nodes`.
@@ -267,6 +289,7 @@ impl Campaigns {
     pub fn open(
         config: &Config,
         users: Arc<Mutex<Users>>,
+        metrics: Arc<crate::metrics::Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Campaigns, String> {
         let store = store::Store::open(&config.gateway.data_dir.join(store::FILE_NAME))?;
@@ -278,6 +301,7 @@ impl Campaigns {
             store: Mutex::new(store),
             campaigns: Mutex::new(BTreeMap::new()),
             refused: Refused::default(),
+            metrics,
             shutdown,
         });
         {
@@ -312,6 +336,13 @@ impl Campaigns {
     /// Refused requests so far.
     pub fn refused(&self) -> &Refused {
         &self.inner.refused
+    }
+
+    /// Counts a request refused before it reached the campaigns (a body or an id that does
+    /// not parse: 400).
+    pub fn count_bad_request(&self) {
+        self.inner
+            .count_refused(&self.inner.refused.bad_request, "bad_request");
     }
 
     /// Checks `req` and starts the campaign it describes, for `who`.

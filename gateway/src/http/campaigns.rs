@@ -51,9 +51,7 @@ fn refused(e: CampaignError) -> Response {
 
 fn campaign_id(raw: &str, c: &Campaigns) -> Result<u64, ApiError> {
     raw.parse().map_err(|_| {
-        c.refused()
-            .bad_request
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        c.count_bad_request();
         refuse(
             StatusCode::BAD_REQUEST,
             format!("`{raw}` is not a campaign id (a number)"),
@@ -66,11 +64,7 @@ fn counted<T: serde::de::DeserializeOwned>(
     c: &Campaigns,
     payload: Result<axum::Json<T>, JsonRejection>,
 ) -> Result<T, ApiError> {
-    body(payload).inspect_err(|_| {
-        c.refused()
-            .bad_request
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    })
+    body(payload).inspect_err(|_| c.count_bad_request())
 }
 
 /// `POST /api/campaigns`.
