@@ -803,6 +803,7 @@ async fn a_campaign_cut_by_a_gateway_stop_is_halted_and_resumes_after_the_restar
         .find(|r| r["action"] == "campaign.halt")
         .expect("the restart's halt is audited");
     assert_eq!(halt["reason"], after["halt_reason"]);
+    assert_eq!(halt["user"], "system", "no user halted it");
     let back_to_pending = rows
         .iter()
         .filter(|r| {

@@ -313,10 +313,10 @@ impl Campaigns {
                             inner.set_node(&mut c, seq, NodeState::Pending);
                         }
                     }
-                    let user = c.run_by.clone();
+                    // No user halted it: the audit trail says so.
                     inner.halt(
                         &mut c,
-                        &user,
+                        "system",
                         "the gateway stopped while the campaign ran; resume it to go on",
                     );
                 }

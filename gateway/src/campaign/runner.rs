@@ -100,6 +100,7 @@ async fn waves(inner: &Arc<Inner>, id: u64) {
     };
     let version = parsed.header.version;
     let model = parsed.header.hardware.model.as_str().to_owned();
+    let revision = parsed.header.hardware.revision;
     for wave in first..plan {
         let (pending, parallel, verify) = {
             let mut map = inner.lock();
@@ -179,9 +180,14 @@ async fn waves(inner: &Arc<Inner>, id: u64) {
                 let (inner2, image2, model2) =
                     (Arc::clone(inner), Arc::clone(&image), model.clone());
                 tasks.spawn(async move {
-                    let result = update::update_node(&t, &image2, &model2, version, verify, |s| {
-                        record(&inner2, id, seq, s)
-                    })
+                    let result = update::update_node(
+                        &t,
+                        &image2,
+                        (&model2, revision),
+                        version,
+                        verify,
+                        |s| record(&inner2, id, seq, s),
+                    )
                     .await;
                     (t, seq, result)
                 });

@@ -65,12 +65,13 @@ async fn reset_count(link: &mut BusLink, unit: u8) -> Result<u16, String> {
     }
 }
 
-/// Updates `node` to `image` (built for `model`, version `version`), calling `report` at
-/// each step and chunk. The version the node runs afterwards, or why it failed.
+/// Updates `node` to `image` (built for `model` revision `revision`, version `version`),
+/// calling `report` at each step and chunk. The version the node runs afterwards, or why it
+/// failed.
 pub async fn update_node(
     node: &TargetNode,
     image: &[u8],
-    model: &str,
+    (model, revision): (&str, u16),
     version: FirmwareVersion,
     verify_timeout: Duration,
     mut report: impl FnMut(NodeState),
@@ -84,10 +85,12 @@ pub async fn update_node(
         info!(node = %id, bus = %bus, unit, %version, "campaign: the node already runs the image's version; nothing sent");
         return Ok(version.to_string());
     }
-    if before.model.as_str() != model {
+    if before.model.as_str() != model || before.hardware_revision != revision {
         return Err(format!(
-            "the node reports model {}; the image is built for {model}",
-            before.model.as_str()
+            "the node reports hardware {} revision {}; the image is built for {model} revision \
+             {revision}; nothing sent",
+            before.model.as_str(),
+            before.hardware_revision
         ));
     }
     let resets = reset_count(&mut link, unit)
