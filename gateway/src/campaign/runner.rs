@@ -94,9 +94,21 @@ async fn waves(inner: &Arc<Inner>, id: u64) {
     }) else {
         return;
     };
-    let Ok(parsed) = ImageFile::parse(&image) else {
-        tracing::error!(campaign = id, "the stored image does not parse; halting");
-        return;
+    let parsed = match ImageFile::parse(&image) {
+        Ok(p) => p,
+        Err(e) => {
+            // Checked when the campaign was created and stored as it was: only a damaged
+            // store gets here.
+            let mut map = inner.lock();
+            if let Some(entry) = map.get_mut(&id) {
+                inner.halt(
+                    &mut entry.campaign,
+                    "system",
+                    &format!("the stored image does not parse any more: {e}"),
+                );
+            }
+            return;
+        }
     };
     let version = parsed.header.version;
     let model = parsed.header.hardware.model.as_str().to_owned();
