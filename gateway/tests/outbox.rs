@@ -11,7 +11,8 @@ use std::time::Duration;
 use tianzhong_gateway::outbox::{
     BatchId, DropReason, Entry, Outbox, OutboxConfig, codec, codec::Decoded,
 };
-use tianzhong_gateway::pipeline::Record;
+use tianzhong_gateway::pipeline::{Record, StatusEvent};
+use tianzhong_protocol::payload::NodeStatus;
 use tianzhong_protocol::reading::{BadReason, ChannelId, Quality, Timestamp, UncertainReason};
 use tianzhong_protocol::{NodeId, Quantity, Reading, SiteId};
 
@@ -73,7 +74,7 @@ fn config(sinks: &[&str]) -> OutboxConfig {
 fn readings(entry: &Entry) -> &[Record] {
     match entry {
         Entry::Readings(r) => r,
-        Entry::Alarm { .. } => panic!("expected readings"),
+        Entry::Alarm { .. } | Entry::Status(_) => panic!("expected readings"),
     }
 }
 
@@ -349,6 +350,7 @@ async fn full_outbox_downsamples_then_drops_routine_readings_and_counts_every_on
                     }
                 }
                 Entry::Alarm { payload, .. } => alarms.push((b.id, payload)),
+                Entry::Status(s) => panic!("no status was appended, read {s:?}"),
             }
         }
         ob.ack("down", end).await.unwrap();
@@ -408,6 +410,74 @@ async fn alarms_are_dropped_last_and_counted() {
     // The newest are the ones kept.
     let kept = ob.read("s", 1000).await.unwrap();
     assert_eq!(kept.last().unwrap().id, last.unwrap().0);
+    ob.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Node status changes are given up before alarm transitions (and after routine readings),
+/// oldest first, counted per node.
+#[tokio::test]
+async fn status_changes_are_dropped_before_alarms_and_counted() {
+    let d = dir("statuses");
+    let path = d.join("outbox.sqlite");
+    let cfg = OutboxConfig {
+        max_bytes: 64 << 10,
+        ..config(&["s"])
+    };
+    let ob = Outbox::open(&path, cfg).unwrap();
+    let gas = NodeId::new("gas-1").unwrap();
+    let payload = vec![7u8; 1000];
+    let status = |i: u64| StatusEvent {
+        site: SiteId::new("plant-3").unwrap(),
+        node: NodeId::new(if i % 2 == 0 { "wl-1" } else { "wl-2" }).unwrap(),
+        status: NodeStatus {
+            online: i % 4 < 2,
+            ts: Some(1_764_300_000_000 + i),
+            ..NodeStatus::last_will()
+        },
+    };
+    // 200 status changes (about 100 bytes each, accounted) and 50 alarm transitions (about
+    // 1 KB each): some 74 KB, over the 64 KiB bound, which alarms alone are not.
+    let mut last = None;
+    for i in 0..200u64 {
+        last = Some(ob.append_status(&status(i)).await.unwrap());
+        if i % 4 == 3 {
+            last = Some(ob.append_alarm(&gas, &payload).await.unwrap());
+        }
+    }
+    ob.durable(last.unwrap()).await.unwrap();
+    let drops = ob.drops().await.unwrap();
+    assert!(
+        drops.iter().all(|d| d.reason == DropReason::FullStatus),
+        "{drops:?}"
+    );
+    let dropped: u64 = drops.iter().map(|d| d.count).sum();
+    assert!(dropped > 0, "{drops:?}");
+    let kept = ob.read("s", 1000).await.unwrap();
+    let alarms = kept
+        .iter()
+        .filter(|b| matches!(b.entry, Entry::Alarm { .. }))
+        .count();
+    let statuses: Vec<StatusEvent> = kept
+        .iter()
+        .filter_map(|b| match &b.entry {
+            Entry::Status(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(alarms, 50, "every alarm transition kept");
+    assert_eq!(statuses.len() as u64 + dropped, 200);
+    // The newest are kept, whole and in order.
+    let first_kept = 200 - statuses.len() as u64;
+    assert_eq!(statuses, (first_kept..200).map(status).collect::<Vec<_>>());
+    // Dropped per node: the oldest `dropped`, alternating between the two nodes.
+    for node in ["wl-1", "wl-2"] {
+        let expected = (0..first_kept)
+            .filter(|i| status(*i).node.as_str() == node)
+            .count() as u64;
+        let counted = drops.iter().find(|d| d.node == node).map_or(0, |d| d.count);
+        assert_eq!(counted, expected, "{node}: {drops:?}");
+    }
     ob.close().await.unwrap();
     let _ = std::fs::remove_dir_all(d);
 }

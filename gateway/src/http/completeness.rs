@@ -98,6 +98,7 @@ pub(super) async fn dead_letters(State(s): State<ApiState>, headers: HeaderMap) 
                     (json!(nodes), json!(r.len()))
                 }
                 Ok(codec::Decoded::Alarm(node, _)) => (json!([node.as_str()]), json!(1)),
+                Ok(codec::Decoded::Status(s)) => (json!([s.node.as_str()]), json!(1)),
                 Err(e) => (json!([]), json!(format!("undecodable: {e}"))),
             };
             json!({

@@ -125,7 +125,8 @@
 //! | 0 | batches every sink confirmed | purged at once | (not a drop) |
 //! | 1 | routine readings, oldest first | **downsampled once**: across each 4 MiB window of the oldest not-yet-downsampled reading batches, of each (node, channel)'s readings in time order the 1st, (k+1)th, (2k+1)th… are kept (`k` = `downsample_keep_one_in`, default 2: every 2nd) | [`DropReason::Downsampled`] |
 //! | 2 | routine readings, oldest first | whole batches dropped (already downsampled ones first, being oldest) | [`DropReason::Full`] |
-//! | 3 | alarm transitions, oldest first | only when no routine reading is left | [`DropReason::FullAlarm`] |
+//! | 3 | node status changes, oldest first | only when no routine reading is left | [`DropReason::FullStatus`] |
+//! | 4 | alarm transitions, oldest first | only when nothing else is left | [`DropReason::FullAlarm`] |
 //!
 //! Every reading removed is counted per node in the same transaction that removes it, so the
 //! count is exact across crashes ([`Outbox::drops`], never silent). A batch appended while
@@ -152,7 +153,7 @@ use std::time::Duration;
 use tianzhong_protocol::NodeId;
 use tokio::sync::{oneshot, watch};
 
-use crate::pipeline::Record;
+use crate::pipeline::{Record, StatusEvent};
 use codec::Decoded;
 use store::{Cmd, Pending, Recycler, Store};
 
@@ -177,6 +178,8 @@ pub enum Entry {
         /// Opaque to the outbox.
         payload: Vec<u8>,
     },
+    /// A node's status change.
+    Status(StatusEvent),
 }
 
 /// A batch as a sink reads it.
@@ -199,6 +202,8 @@ pub enum DropReason {
     Full,
     /// An alarm transition dropped to make room (no routine reading was left).
     FullAlarm,
+    /// A node status change dropped to make room (no routine reading was left).
+    FullStatus,
     /// An undecodable batch dropped to make room (counted under the node `""`).
     Undecodable,
 }
@@ -210,6 +215,7 @@ impl DropReason {
             DropReason::Downsampled => "downsampled",
             DropReason::Full => "full",
             DropReason::FullAlarm => "full_alarm",
+            DropReason::FullStatus => "full_status",
             DropReason::Undecodable => "undecodable",
         }
     }
@@ -219,6 +225,7 @@ impl DropReason {
             DropReason::Downsampled,
             DropReason::Full,
             DropReason::FullAlarm,
+            DropReason::FullStatus,
             DropReason::Undecodable,
         ]
         .into_iter()
@@ -341,6 +348,9 @@ pub enum Error {
     /// The storage thread could not be started.
     #[error("outbox thread: {0}")]
     Thread(std::io::Error),
+    /// What was to be stored cannot be encoded.
+    #[error("{0}")]
+    Encode(codec::DecodeError),
 }
 
 struct Inner {
@@ -443,11 +453,20 @@ impl Outbox {
         self.enqueue(codec::KIND_ALARM, 1, bytes)
     }
 
+    /// Accepts a node's status change.
+    pub async fn append_status(&self, status: &StatusEvent) -> Result<Ticket, Error> {
+        let mut bytes = Vec::new();
+        codec::encode_status(status, &mut bytes).map_err(Error::Encode)?;
+        self.room().await?;
+        self.enqueue(codec::KIND_STATUS, 1, bytes)
+    }
+
     /// Accepts an [`Entry`].
     pub async fn append(&self, entry: &Entry) -> Result<Ticket, Error> {
         match entry {
             Entry::Readings(r) => self.append_readings(r).await,
             Entry::Alarm { node, payload } => self.append_alarm(node, payload).await,
+            Entry::Status(status) => self.append_status(status).await,
         }
     }
 
@@ -516,6 +535,7 @@ impl Outbox {
                     entry: match d {
                         Decoded::Readings(r) => Entry::Readings(r),
                         Decoded::Alarm(node, payload) => Entry::Alarm { node, payload },
+                        Decoded::Status(status) => Entry::Status(status),
                     },
                     downsampled: b.level > 0,
                 }),

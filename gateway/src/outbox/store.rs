@@ -668,6 +668,7 @@ impl Acct {
         // 2. Drop routine readings, then 3. alarms, oldest first.
         for (kind, reason) in [
             (codec::KIND_READINGS, DropReason::Full),
+            (codec::KIND_STATUS, DropReason::FullStatus),
             (codec::KIND_ALARM, DropReason::FullAlarm),
         ] {
             while self.bytes > low {
@@ -689,7 +690,7 @@ impl Acct {
                             }
                         })
                     } else {
-                        codec::alarm_node(bytes).map(|node| *counts.entry(node).or_default() += 1)
+                        codec::event_node(bytes).map(|node| *counts.entry(node).or_default() += 1)
                     };
                     if parsed.is_err() {
                         *counts.entry("").or_default() += 1;

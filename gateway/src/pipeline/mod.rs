@@ -191,8 +191,9 @@ impl Ingest {
 
     /// Stores readings and alarm transitions in `outbox` instead of handing them to the sinks:
     /// each sink then reads them from the outbox ([`feed`]), and sources are told when what
-    /// they sent is durable. Node status still goes to the sinks directly (it is state, and
-    /// the newest wins).
+    /// they sent is durable. Node status changes go through the outbox too: in order with the
+    /// readings around them, and never waiting on a sink that has stalled (a channel to it
+    /// full) — which would stop ingestion for every node.
     pub fn with_outbox(mut self, outbox: Arc<Outbox>) -> Ingest {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Ticket, Receipt)>();
         let waiter = Arc::clone(&outbox);
@@ -267,10 +268,7 @@ impl Ingest {
             match event {
                 Event::Readings(batch) => self.readings(batch, None).await,
                 Event::Acked(batch, receipt) => self.readings(batch, Some(receipt)).await,
-                Event::Status(status) => {
-                    self.send(Delivery::direct(Output::Status(Arc::new(status))))
-                        .await;
-                }
+                Event::Status(status) => self.status(status).await,
                 Event::Alarms(events) => self.publish_alarms(events).await,
             }
         }
@@ -328,6 +326,20 @@ impl Ingest {
             }
         }
         self.publish_alarms(alarms).await;
+    }
+
+    async fn status(&self, status: StatusEvent) {
+        match &self.outbox {
+            Some(outbox) => {
+                if let Err(e) = outbox.append_status(&status).await {
+                    tracing::error!(node = %status.node, site = %status.site, "outbox: status change not stored: {e}");
+                }
+            }
+            None => {
+                self.send(Delivery::direct(Output::Status(Arc::new(status))))
+                    .await
+            }
+        }
     }
 
     fn evaluate(&mut self, batch: &[Record]) -> Vec<AlarmEvent> {
