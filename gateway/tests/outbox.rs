@@ -429,7 +429,7 @@ async fn status_changes_are_dropped_before_alarms_and_counted() {
     let payload = vec![7u8; 1000];
     let status = |i: u64| StatusEvent {
         site: SiteId::new("plant-3").unwrap(),
-        node: NodeId::new(if i % 2 == 0 { "wl-1" } else { "wl-2" }).unwrap(),
+        node: NodeId::new(if i.is_multiple_of(2) { "wl-1" } else { "wl-2" }).unwrap(),
         status: NodeStatus {
             online: i % 4 < 2,
             ts: Some(1_764_300_000_000 + i),
