@@ -482,6 +482,111 @@ async fn status_changes_are_dropped_before_alarms_and_counted() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// Appends `batches` batches of 200 readings (5 nodes) to an outbox whose file may not grow
+/// past `pages` pages and whose sink is away, every 20th waited durable; returns what was appended
+/// per node, the outbox's stats and its drops. Panics if a batch is not durable in 30 s: a
+/// full file must not stop the outbox committing.
+async fn fill_a_limited_file(
+    name: &str,
+    pages: u32,
+    min_free: u64,
+    batches: u32,
+) -> (
+    BTreeMap<String, u64>,
+    BTreeMap<String, u64>,
+    tianzhong_gateway::outbox::OutboxStats,
+    Vec<tianzhong_gateway::outbox::Drop>,
+) {
+    let d = dir(name);
+    let path = d.join("outbox.sqlite");
+    let cfg = OutboxConfig {
+        max_bytes: 64 << 20,
+        max_file_pages: Some(pages),
+        min_free_bytes: Some(min_free),
+        ..config(&["away"])
+    };
+    let ob = Outbox::open(&path, cfg).unwrap();
+    let mut appended: BTreeMap<String, u64> = BTreeMap::new();
+    for b in 0..batches {
+        let records = batch(b, 200, 5);
+        *appended
+            .entry(records[0].reading.node.to_string())
+            .or_default() += 200;
+        let t = ob.append_readings(&records).await.unwrap();
+        if b % 20 == 19 || b + 1 == batches {
+            tokio::time::timeout(Duration::from_secs(30), ob.durable(t))
+                .await
+                .unwrap_or_else(|_| panic!("batch {b} not durable in 30 s: the outbox is wedged"))
+                .unwrap();
+        }
+    }
+    let stats = ob.stats().await.unwrap();
+    let drops = ob.drops().await.unwrap();
+    let mut stored: BTreeMap<String, u64> = BTreeMap::new();
+    loop {
+        let got = ob.read("away", 256).await.unwrap();
+        let Some(end) = got.last().map(|b| b.id) else {
+            break;
+        };
+        for b in &got {
+            for r in readings(&b.entry) {
+                *stored.entry(r.reading.node.to_string()).or_default() += 1;
+            }
+        }
+        ob.ack("away", end).await.unwrap();
+    }
+    // Once the sink has everything, the freed pages take new batches.
+    let t = ob.append_readings(&batch(batches, 200, 5)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), ob.durable(t))
+        .await
+        .expect("not durable after the sink caught up")
+        .unwrap();
+    ob.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(d);
+    (appended, stored, stats, drops)
+}
+
+fn accounted(
+    stored: &BTreeMap<String, u64>,
+    drops: &[tianzhong_gateway::outbox::Drop],
+) -> BTreeMap<String, u64> {
+    let mut all = stored.clone();
+    for d in drops {
+        *all.entry(d.node.clone()).or_default() += d.count;
+    }
+    all
+}
+
+/// A file that cannot grow (SQLite's page limit: 4 MiB) long before the 64 MiB bound, with
+/// no space kept free: commits fail with `SQLITE_FULL`, and the outbox sheds by its policy
+/// and commits again — every batch becomes durable, and every reading is stored or counted.
+#[tokio::test]
+async fn a_file_that_fills_before_the_bound_sheds_by_the_policy_and_keeps_committing() {
+    let (appended, stored, stats, drops) = fill_a_limited_file("filefull", 1024, 0, 1500).await;
+    println!("{stats:?}\n{drops:?}");
+    assert!(stats.commit_failures > 0, "{stats:?}");
+    assert!(stats.bound < 64 << 20, "{stats:?}");
+    assert!(
+        drops.iter().any(|d| d.reason == DropReason::Full)
+            && drops.iter().any(|d| d.reason == DropReason::Downsampled),
+        "{drops:?}"
+    );
+    assert_eq!(accounted(&stored, &drops), appended);
+}
+
+/// The same file with 1 MiB kept free: the outbox sees the room running out and sheds
+/// before SQLite ever fails a commit.
+#[tokio::test]
+async fn a_file_short_of_room_sheds_before_a_commit_fails() {
+    let (appended, stored, stats, drops) =
+        fill_a_limited_file("fileshort", 1024, 1 << 20, 1500).await;
+    println!("{stats:?}\n{drops:?}");
+    assert_eq!(stats.commit_failures, 0, "{stats:?}");
+    assert!(stats.bound < 64 << 20, "{stats:?}");
+    assert!(!drops.is_empty());
+    assert_eq!(accounted(&stored, &drops), appended);
+}
+
 const CHILD_ENV: &str = "TZ_OUTBOX_CRASH_CHILD";
 
 /// Not a test on its own: the writer the crash test runs as a child and kills.

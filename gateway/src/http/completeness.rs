@@ -40,6 +40,8 @@ pub(super) async fn completeness(State(s): State<ApiState>, headers: HeaderMap) 
                     "pending_bytes": stats.pending_bytes,
                     "dead_letters": stats.dead_letters,
                     "dropped_readings": stats.dropped,
+                    "bound_bytes": stats.bound,
+                    "commit_failures": stats.commit_failures,
                     "sinks": stats.sinks.iter().map(|k| json!({
                         "sink": k.name, "confirmed_batch": k.acked.0, "behind_batches": k.behind,
                     })).collect::<Vec<_>>(),
