@@ -169,6 +169,8 @@ struct Space {
     /// The directory holding the database, its WAL and anything else on that filesystem.
     dir: std::path::PathBuf,
     checked: Option<Instant>,
+    /// Bytes committed since `checked`.
+    written: u64,
     /// The bound in force while the filesystem is short of space, below `max_bytes`.
     bound: Option<u64>,
     /// After a commit failed for want of space: shed to `bound` in a transaction of its own
@@ -337,6 +339,7 @@ impl Store {
                     .unwrap_or(Path::new("."))
                     .to_path_buf(),
                 checked: None,
+                written: 0,
                 bound: None,
                 shed_first: false,
                 retry_at: None,
@@ -703,13 +706,19 @@ impl Store {
     /// `min_free`, the outbox may fill only the pages it already has; at half of it, what it
     /// has now is all it keeps; from twice `min_free` (and 1 MiB), the configured bound again.
     fn check_space(&mut self) {
+        // Also whenever a quarter of `min_free` may have been written since: a burst must not
+        // run through the margin between two looks.
+        let written = self.space.written + self.pending_bytes as u64;
         if self
             .space
             .checked
             .is_some_and(|t| t.elapsed() < SPACE_CHECK)
+            && written < self.cfg.min_free() / 4
         {
+            self.space.written = written;
             return;
         }
+        self.space.written = 0;
         self.space.checked = Some(Instant::now());
         let Some(room) = self.room() else {
             return;
