@@ -484,6 +484,8 @@ async fn outbox_metrics(
             ("batches", stats.batches),
             ("dead_letters", stats.dead_letters),
             ("dropped_readings", stats.dropped),
+            ("bound_bytes", stats.bound),
+            ("commit_failures", stats.commit_failures),
         ] {
             metrics
                 .outbox

@@ -285,7 +285,7 @@ impl Metrics {
         );
         registry.register(
             "outbox",
-            "The durable outbox: bytes, batches, dead_letters, dropped_readings (kind)",
+            "The durable outbox: bytes, batches, dead_letters, dropped_readings, bound_bytes (lower than configured while the disk is short of space), commit_failures (kind)",
             m.outbox.clone(),
         );
         registry.register(

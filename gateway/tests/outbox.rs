@@ -11,7 +11,8 @@ use std::time::Duration;
 use tianzhong_gateway::outbox::{
     BatchId, DropReason, Entry, Outbox, OutboxConfig, codec, codec::Decoded,
 };
-use tianzhong_gateway::pipeline::Record;
+use tianzhong_gateway::pipeline::{Record, StatusEvent};
+use tianzhong_protocol::payload::NodeStatus;
 use tianzhong_protocol::reading::{BadReason, ChannelId, Quality, Timestamp, UncertainReason};
 use tianzhong_protocol::{NodeId, Quantity, Reading, SiteId};
 
@@ -73,7 +74,7 @@ fn config(sinks: &[&str]) -> OutboxConfig {
 fn readings(entry: &Entry) -> &[Record] {
     match entry {
         Entry::Readings(r) => r,
-        Entry::Alarm { .. } => panic!("expected readings"),
+        Entry::Alarm { .. } | Entry::Status(_) => panic!("expected readings"),
     }
 }
 
@@ -349,6 +350,7 @@ async fn full_outbox_downsamples_then_drops_routine_readings_and_counts_every_on
                     }
                 }
                 Entry::Alarm { payload, .. } => alarms.push((b.id, payload)),
+                Entry::Status(s) => panic!("no status was appended, read {s:?}"),
             }
         }
         ob.ack("down", end).await.unwrap();
@@ -410,6 +412,179 @@ async fn alarms_are_dropped_last_and_counted() {
     assert_eq!(kept.last().unwrap().id, last.unwrap().0);
     ob.close().await.unwrap();
     let _ = std::fs::remove_dir_all(d);
+}
+
+/// Node status changes are given up before alarm transitions (and after routine readings),
+/// oldest first, counted per node.
+#[tokio::test]
+async fn status_changes_are_dropped_before_alarms_and_counted() {
+    let d = dir("statuses");
+    let path = d.join("outbox.sqlite");
+    let cfg = OutboxConfig {
+        max_bytes: 64 << 10,
+        ..config(&["s"])
+    };
+    let ob = Outbox::open(&path, cfg).unwrap();
+    let gas = NodeId::new("gas-1").unwrap();
+    let payload = vec![7u8; 1000];
+    let status = |i: u64| StatusEvent {
+        site: SiteId::new("plant-3").unwrap(),
+        node: NodeId::new(if i.is_multiple_of(2) { "wl-1" } else { "wl-2" }).unwrap(),
+        status: NodeStatus {
+            online: i % 4 < 2,
+            ts: Some(1_764_300_000_000 + i),
+            ..NodeStatus::last_will()
+        },
+    };
+    // 200 status changes (about 100 bytes each, accounted) and 50 alarm transitions (about
+    // 1 KB each): some 74 KB, over the 64 KiB bound, which alarms alone are not.
+    let mut last = None;
+    for i in 0..200u64 {
+        last = Some(ob.append_status(&status(i)).await.unwrap());
+        if i % 4 == 3 {
+            last = Some(ob.append_alarm(&gas, &payload).await.unwrap());
+        }
+    }
+    ob.durable(last.unwrap()).await.unwrap();
+    let drops = ob.drops().await.unwrap();
+    assert!(
+        drops.iter().all(|d| d.reason == DropReason::FullStatus),
+        "{drops:?}"
+    );
+    let dropped: u64 = drops.iter().map(|d| d.count).sum();
+    assert!(dropped > 0, "{drops:?}");
+    let kept = ob.read("s", 1000).await.unwrap();
+    let alarms = kept
+        .iter()
+        .filter(|b| matches!(b.entry, Entry::Alarm { .. }))
+        .count();
+    let statuses: Vec<StatusEvent> = kept
+        .iter()
+        .filter_map(|b| match &b.entry {
+            Entry::Status(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(alarms, 50, "every alarm transition kept");
+    assert_eq!(statuses.len() as u64 + dropped, 200);
+    // The newest are kept, whole and in order.
+    let first_kept = 200 - statuses.len() as u64;
+    assert_eq!(statuses, (first_kept..200).map(status).collect::<Vec<_>>());
+    // Dropped per node: the oldest `dropped`, alternating between the two nodes.
+    for node in ["wl-1", "wl-2"] {
+        let expected = (0..first_kept)
+            .filter(|i| status(*i).node.as_str() == node)
+            .count() as u64;
+        let counted = drops.iter().find(|d| d.node == node).map_or(0, |d| d.count);
+        assert_eq!(counted, expected, "{node}: {drops:?}");
+    }
+    ob.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Appends `batches` batches of 200 readings (5 nodes) to an outbox whose file may not grow
+/// past `pages` pages and whose sink is away, every 20th waited durable; returns what was appended
+/// per node, the outbox's stats and its drops. Panics if a batch is not durable in 30 s: a
+/// full file must not stop the outbox committing.
+async fn fill_a_limited_file(
+    name: &str,
+    pages: u32,
+    min_free: u64,
+    batches: u32,
+) -> (
+    BTreeMap<String, u64>,
+    BTreeMap<String, u64>,
+    tianzhong_gateway::outbox::OutboxStats,
+    Vec<tianzhong_gateway::outbox::Drop>,
+) {
+    let d = dir(name);
+    let path = d.join("outbox.sqlite");
+    let cfg = OutboxConfig {
+        max_bytes: 64 << 20,
+        max_file_pages: Some(pages),
+        min_free_bytes: Some(min_free),
+        ..config(&["away"])
+    };
+    let ob = Outbox::open(&path, cfg).unwrap();
+    let mut appended: BTreeMap<String, u64> = BTreeMap::new();
+    for b in 0..batches {
+        let records = batch(b, 200, 5);
+        *appended
+            .entry(records[0].reading.node.to_string())
+            .or_default() += 200;
+        let t = ob.append_readings(&records).await.unwrap();
+        if b % 20 == 19 || b + 1 == batches {
+            tokio::time::timeout(Duration::from_secs(30), ob.durable(t))
+                .await
+                .unwrap_or_else(|_| panic!("batch {b} not durable in 30 s: the outbox is wedged"))
+                .unwrap();
+        }
+    }
+    let stats = ob.stats().await.unwrap();
+    let drops = ob.drops().await.unwrap();
+    let mut stored: BTreeMap<String, u64> = BTreeMap::new();
+    loop {
+        let got = ob.read("away", 256).await.unwrap();
+        let Some(end) = got.last().map(|b| b.id) else {
+            break;
+        };
+        for b in &got {
+            for r in readings(&b.entry) {
+                *stored.entry(r.reading.node.to_string()).or_default() += 1;
+            }
+        }
+        ob.ack("away", end).await.unwrap();
+    }
+    // Once the sink has everything, the freed pages take new batches.
+    let t = ob.append_readings(&batch(batches, 200, 5)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), ob.durable(t))
+        .await
+        .expect("not durable after the sink caught up")
+        .unwrap();
+    ob.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(d);
+    (appended, stored, stats, drops)
+}
+
+fn accounted(
+    stored: &BTreeMap<String, u64>,
+    drops: &[tianzhong_gateway::outbox::Drop],
+) -> BTreeMap<String, u64> {
+    let mut all = stored.clone();
+    for d in drops {
+        *all.entry(d.node.clone()).or_default() += d.count;
+    }
+    all
+}
+
+/// A file that cannot grow (SQLite's page limit: 4 MiB) long before the 64 MiB bound, with
+/// no space kept free: commits fail with `SQLITE_FULL`, and the outbox sheds by its policy
+/// and commits again — every batch becomes durable, and every reading is stored or counted.
+#[tokio::test]
+async fn a_file_that_fills_before_the_bound_sheds_by_the_policy_and_keeps_committing() {
+    let (appended, stored, stats, drops) = fill_a_limited_file("filefull", 1024, 0, 1500).await;
+    println!("{stats:?}\n{drops:?}");
+    assert!(stats.commit_failures > 0, "{stats:?}");
+    assert!(stats.bound < 64 << 20, "{stats:?}");
+    assert!(
+        drops.iter().any(|d| d.reason == DropReason::Full)
+            && drops.iter().any(|d| d.reason == DropReason::Downsampled),
+        "{drops:?}"
+    );
+    assert_eq!(accounted(&stored, &drops), appended);
+}
+
+/// The same file with 1 MiB kept free: the outbox sees the room running out and sheds
+/// before SQLite ever fails a commit.
+#[tokio::test]
+async fn a_file_short_of_room_sheds_before_a_commit_fails() {
+    let (appended, stored, stats, drops) =
+        fill_a_limited_file("fileshort", 1024, 1 << 20, 1500).await;
+    println!("{stats:?}\n{drops:?}");
+    assert_eq!(stats.commit_failures, 0, "{stats:?}");
+    assert!(stats.bound < 64 << 20, "{stats:?}");
+    assert!(!drops.is_empty());
+    assert_eq!(accounted(&stored, &drops), appended);
 }
 
 const CHILD_ENV: &str = "TZ_OUTBOX_CRASH_CHILD";

@@ -514,7 +514,6 @@ async fn sigkilled_ten_times_under_1000_nodes_the_gateway_loses_and_duplicates_n
 }
 
 /// Drill 2: the upstream broker stopped for a while and started again.
-#[ignore = "fails today: node status events go to the sinks directly, so a stalled upstream MQTT sink blocks ingestion; run with --ignored"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upstream_broker_stopped_and_restarted_gets_every_reading_once_and_victoria_metrics_never_waits()
 -> anyhow::Result<()> {
@@ -591,7 +590,13 @@ async fn the_upstream_broker_stopped_and_restarted_gets_every_reading_once_and_v
     upstream.stop()?;
     let outage_started = Instant::now();
     let churn_from = outage_from + outage.as_millis() as u64 / 4;
-    for id in ids.iter().step_by(nodes / CHURN).take(CHURN) {
+    let churned: Vec<_> = ids
+        .iter()
+        .step_by(nodes / CHURN)
+        .take(CHURN)
+        .cloned()
+        .collect();
+    for id in &churned {
         sim.fleet.faults.add(ScheduledFault {
             fault: Fault::DropConnection,
             target: Target::Node(id.clone()),
@@ -701,6 +706,31 @@ async fn the_upstream_broker_stopped_and_restarted_gets_every_reading_once_and_v
         .iter()
         .filter(|(t, _)| t.ends_with("/status"))
         .count();
+    // Each churned node went offline and came back while upstream was away: both changes
+    // must reach upstream, in that order, once it is back.
+    let churn_seen: Vec<(String, Vec<bool>)> = churned
+        .iter()
+        .map(|id| {
+            let suffix = format!("/{id}/status");
+            let changes = messages[messages_before.min(messages.len())..]
+                .iter()
+                .filter(|(t, _)| t.ends_with(&suffix))
+                .filter_map(|(_, p)| {
+                    serde_json::from_slice::<serde_json::Value>(p).ok()?["online"].as_bool()
+                })
+                .collect();
+            (id.to_string(), changes)
+        })
+        .collect();
+    let churn_missing: Vec<&(String, Vec<bool>)> = churn_seen
+        .iter()
+        .filter(|(_, changes)| {
+            let Some(off) = changes.iter().position(|online| !online) else {
+                return true;
+            };
+            !changes[off..].contains(&true)
+        })
+        .collect();
 
     println!(
         "fleet: {nodes} MQTT nodes; {} telemetry messages ({} readings) published from the \
@@ -769,6 +799,13 @@ async fn the_upstream_broker_stopped_and_restarted_gets_every_reading_once_and_v
         outage_required.len(),
         &outage_missing[..outage_missing.len().min(5)],
         drill::log_tail(&log, 30)
+    );
+    println!(
+        "status changes upstream of the churned nodes after the outage began (online?): {churn_seen:?}"
+    );
+    ensure!(
+        churn_missing.is_empty(),
+        "the churned nodes' offline-then-online changes did not all reach upstream: {churn_missing:?}"
     );
     ensure!(
         reconnected_s.is_some() && caught_up_s.is_some(),

@@ -5,7 +5,7 @@
 //! | drill | filesystem | what must hold |
 //! |---|---|---|
 //! | bound before the disk | 96 MiB tmpfs, `[outbox] max_mb = 16` | the outbox's policy applies: routine readings downsampled, then dropped, alarm transitions kept; for every node, readings published = readings written + readings counted as dropped, exactly; the filesystem never fills; the gateway keeps ingesting, and when the sink returns it writes what was kept |
-//! | disk before the bound | 12 MiB tmpfs, `max_mb = 16` | the gateway survives a full disk (SQLite `SQLITE_FULL`) and, once the sink is back and has emptied the outbox, stores and forwards again; nothing it acknowledged is lost |
+//! | disk before the bound | 12 MiB tmpfs, `max_mb = 16`, then a ballast file taking every byte left | the outbox lowers its bound as the filesystem runs short and sheds by its policy without stopping ingestion or filling the disk; with the disk filled to the last byte by something else the process survives; once the sink is back it stores and forwards again; every reading published is written or counted as dropped |
 //!
 //! The fleet is MQTT only (the count of what was produced must be exact: a Modbus read the
 //! simulator served may still be lost to a timeout race, which is not the outbox's doing),
@@ -99,6 +99,25 @@ impl DataDir {
             DataDir::Plain(_) => None,
         }
     }
+}
+
+/// Writes `path` until the filesystem has no byte left; returns how many it took.
+fn fill(path: &Path) -> anyhow::Result<u64> {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path)?;
+    let block = vec![0x5a_u8; 64 << 10];
+    let mut n = 0u64;
+    let mut size = block.len();
+    while size > 0 {
+        match f.write(&block[..size]) {
+            Ok(0) => break,
+            Ok(k) => n += k as u64,
+            Err(e) if e.raw_os_error() == Some(28) => size /= 2,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // tmpfs: the data is in memory; no sync needed for the space to be taken.
+    Ok(n)
 }
 
 /// Publishes one telemetry message of [`PROBE_NODE`] and waits for its PUBACK.
@@ -345,26 +364,12 @@ async fn start_all(
 
 /// The outbox bound (16 MiB) reached long before the disk (a 96 MiB tmpfs): the policy sheds
 /// routine readings (downsampled first, then dropped), keeps every alarm transition, and the
-/// gateway keeps going; every reading published is written or counted as dropped against its
-/// node — never lost silently. (That the counts are also exact, with nothing both written and
-/// counted, is the ignored test below: see there.)
+/// gateway keeps going; for every node, readings published = readings written + readings
+/// counted as dropped, exactly — nothing lost silently, nothing both written and counted (the
+/// batches the sink holds unconfirmed are never shed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_outbox_sheds_by_its_policy_and_loses_nothing_uncounted() -> anyhow::Result<()> {
-    policy_drill(false).await
-}
-
-/// The same drill, holding the drop counts to be exact: for every node, readings published =
-/// readings written + readings counted as dropped.
-///
-/// **Fails today (a gateway bug, issue 7):** when the bound sheds the oldest batches, it also
-/// sheds batches the InfluxDB sink has already been handed and not yet confirmed (its feeder
-/// reads ahead: up to `READ_BATCHES` + the channel's `queue_batches` deliveries, plus the body
-/// it is retrying, `batch_size` points). Those are counted as dropped, and then written when
-/// the sink comes back: each node's delivered + dropped exceeds what it published by about
-/// one sink window (some 60 messages a node here), so the counts overstate the loss.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway bug (issue 7): batches a sink holds unconfirmed are shed, counted as dropped, and written anyway"]
-async fn a_full_outbox_counts_exactly_what_it_drops() -> anyhow::Result<()> {
+async fn a_full_outbox_sheds_by_its_policy_and_counts_exactly_what_it_drops() -> anyhow::Result<()>
+{
     policy_drill(true).await
 }
 
@@ -609,19 +614,19 @@ async fn policy_drill(strict: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A filesystem that fills before the outbox's bound (12 MiB of tmpfs under `max_mb = 16`):
-/// SQLite meets `SQLITE_FULL`. The gateway must survive it without losing anything it
-/// acknowledged, and store and forward again once the sink is back and the outbox has room.
+/// A filesystem that fills before the outbox's bound (12 MiB of tmpfs under `max_mb = 16`),
+/// then is filled to the last byte by something else:
 ///
-/// **Fails today (a gateway bug, issue 7):** once a commit fails with `SQLITE_FULL` the
-/// storage thread retries the same transaction for ever — the pending inserts come first in
-/// it, so the purge of what the sink has since confirmed, which would free the space, never
-/// commits. Ingestion stops (appends wait for room), the sink drains the stored backlog, and
-/// nothing is stored again: the gateway is wedged until the disk is freed by hand; what it
-/// took but could not store is lost at shutdown ("the last batches could not be committed"),
-/// left unacknowledged at the broker.
+/// 1. While the sink is down, the outbox sees the filesystem running short (under its
+///    `min_free`, 4 MiB here) and lowers its bound to what it holds: the policy sheds
+///    (downsamples, drops, counted) and ingestion never stops — before SQLite ever meets a
+///    full disk.
+/// 2. A ballast file takes every byte left. SQLite may now fail commits with `SQLITE_FULL`;
+///    the outbox sheds into the pages it has and commits again, or waits and retries —
+///    either way the process survives and loses nothing it acknowledged.
+/// 3. The ballast is removed and the sink comes back: the backlog drains and ingestion
+///    flows; every reading published is written or counted as dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway bug (issue 7): after SQLITE_FULL the outbox never commits again, even once the sink has confirmed everything"]
 async fn a_disk_that_fills_before_the_bound_is_survived() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     init_logs();
@@ -645,18 +650,18 @@ async fn a_disk_that_fills_before_the_bound_is_survived() -> anyhow::Result<()> 
     stub.down();
     let down_at = Instant::now();
     let forwarded = || metric(&metrics, "tianzhong_readings_forwarded_total", &[]) as u64;
-    // Until the disk is full: the outbox's files stop growing while messages go unstored.
+    let outbox = |kind: &str| metric(&metrics, "tianzhong_outbox", &[("kind", kind)]);
+    let published = || sim.mqtt_stats().iter().map(|s| s.published).sum::<u64>();
+
+    // 1. Until the outbox has lowered its bound and shed: the filesystem is short of space.
     let mut min_avail = u64::MAX;
-    let mut last_growth = (0u64, Instant::now());
     let deadline = Instant::now() + Duration::from_secs(240);
-    let full = loop {
-        let avail = data.available().unwrap_or(u64::MAX);
-        min_avail = min_avail.min(avail);
-        let size = stub::outbox_file_bytes(data.path());
-        if size > last_growth.0 {
-            last_growth = (size, Instant::now());
-        }
-        if avail < 64 * 1024 && last_growth.1.elapsed() > Duration::from_secs(5) {
+    let short = loop {
+        min_avail = min_avail.min(data.available().unwrap_or(u64::MAX));
+        if outbox("bound_bytes") > 0.0
+            && outbox("bound_bytes") < 16.0 * 1_048_576.0
+            && outbox("dropped_readings") > 0.0
+        {
             break true;
         }
         if Instant::now() > deadline {
@@ -664,37 +669,53 @@ async fn a_disk_that_fills_before_the_bound_is_survived() -> anyhow::Result<()> 
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let full_s = down_at.elapsed().as_secs_f64();
-    // Ten seconds of a full disk: what still moves.
-    let (taken0, fwd0, pub0) = (
-        telemetry_taken(&metrics),
-        forwarded(),
-        sim.mqtt_stats().iter().map(|s| s.published).sum::<u64>(),
-    );
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let (taken1, fwd1, pub1) = (
-        telemetry_taken(&metrics),
-        forwarded(),
-        sim.mqtt_stats().iter().map(|s| s.published).sum::<u64>(),
-    );
-    let errors_while_full = metrics.dropped("outbox_error");
+    let short_s = down_at.elapsed().as_secs_f64();
+    let (taken0, fwd0, pub0) = (telemetry_taken(&metrics), forwarded(), published());
+    for _ in 0..20 {
+        min_avail = min_avail.min(data.available().unwrap_or(u64::MAX));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (taken1, fwd1, pub1) = (telemetry_taken(&metrics), forwarded(), published());
+    let wal = |d: &Path| {
+        std::fs::metadata(d.join(format!("{}-wal", tianzhong_gateway::gateway::OUTBOX_FILE)))
+            .map_or(0, |m| m.len())
+    };
     println!(
-        "disk full: {full} after {full_s:.1} s of sink outage (least space left {:.3} MB, \
-         outbox files {:.2} MB)",
+        "short of space: {short} after {short_s:.1} s of sink outage; bound {:.2} MB, outbox \
+         files {:.2} MB (WAL {:.2} MB), least space left {:.2} MB; 10 s later: messages published by the \
+         fleet +{}, taken by the gateway +{}, readings stored +{}; dropped so far {}; commit \
+         failures {}",
+        outbox("bound_bytes") / 1e6,
+        stub::outbox_file_bytes(data.path()) as f64 / 1e6,
+        wal(data.path()) as f64 / 1e6,
         min_avail as f64 / 1e6,
-        stub::outbox_file_bytes(data.path()) as f64 / 1e6
-    );
-    println!(
-        "10 s of a full disk: messages published by the fleet +{}, taken by the gateway +{}, \
-         readings stored +{}; readings refused by the outbox (outbox_error) so far \
-         {errors_while_full}",
         pub1 - pub0,
         taken1 - taken0,
-        fwd1 - fwd0
+        fwd1 - fwd0,
+        outbox("dropped_readings"),
+        outbox("commit_failures"),
     );
+    let failures_before_ballast = outbox("commit_failures");
 
-    // The sink comes back: it drains what was stored, the outbox frees space, ingestion
-    // resumes.
+    // 2. Something else takes every byte left.
+    let ballast = data.path().join("ballast");
+    let ballast_bytes = fill(&ballast)?;
+    let (taken2, fwd2) = (telemetry_taken(&metrics), forwarded());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (taken3, fwd3) = (telemetry_taken(&metrics), forwarded());
+    println!(
+        "ballast of {:.2} MB, {:?} bytes left: in 10 s the gateway took +{} messages and stored \
+         +{} readings; commit failures {} (before the ballast {failures_before_ballast})",
+        ballast_bytes as f64 / 1e6,
+        data.available(),
+        taken3 - taken2,
+        fwd3 - fwd2,
+        outbox("commit_failures"),
+    );
+    std::fs::remove_file(&ballast)?;
+
+    // 3. The sink comes back: it drains what was stored, the outbox frees space, ingestion
+    // flows.
     stub.up().await?;
     let up_at = Instant::now();
     let requests_before = stub.request_count();
@@ -745,10 +766,9 @@ async fn a_disk_that_fills_before_the_bound_is_survived() -> anyhow::Result<()> 
     for (node, &p) in &o.produced {
         let d = o.delivered.get(node).copied().unwrap_or(0);
         let x: u64 = o.dropped.get(node).map_or(0, |r| r.values().sum());
-        if p > d + x {
+        if p != d + x {
             lost.push(format!(
-                "{node}: {} readings neither written nor counted",
-                p - d - x
+                "{node}: {p} published, {d} written + {x} counted as dropped"
             ));
         }
     }
@@ -768,13 +788,22 @@ async fn a_disk_that_fills_before_the_bound_is_survived() -> anyhow::Result<()> 
     );
     println!("run time {:.1} s", started.elapsed().as_secs_f64());
 
-    ensure!(full, "the filesystem never filled");
+    ensure!(
+        short,
+        "the outbox never lowered its bound as the filesystem ran short:\n{}",
+        metrics.render()
+    );
+    ensure!(
+        taken1 > taken0 && fwd1 > fwd0,
+        "ingestion stopped while the filesystem was short of space"
+    );
+    ensure!(min_avail > 0, "the outbox itself filled the filesystem");
     ensure!(resumed, "nothing was written after the sink came back");
     ensure!(flowing, "ingestion did not resume after the sink came back");
     ensure!(o.all_taken && o.drained, "the gateway did not catch up");
     ensure!(
         lost.is_empty(),
-        "readings lost without being counted:\n  {}",
+        "drop counts not exact:\n  {}",
         lost.join("\n  ")
     );
     ensure!(

@@ -40,6 +40,8 @@ pub(super) async fn completeness(State(s): State<ApiState>, headers: HeaderMap) 
                     "pending_bytes": stats.pending_bytes,
                     "dead_letters": stats.dead_letters,
                     "dropped_readings": stats.dropped,
+                    "bound_bytes": stats.bound,
+                    "commit_failures": stats.commit_failures,
                     "sinks": stats.sinks.iter().map(|k| json!({
                         "sink": k.name, "confirmed_batch": k.acked.0, "behind_batches": k.behind,
                     })).collect::<Vec<_>>(),
@@ -98,6 +100,7 @@ pub(super) async fn dead_letters(State(s): State<ApiState>, headers: HeaderMap) 
                     (json!(nodes), json!(r.len()))
                 }
                 Ok(codec::Decoded::Alarm(node, _)) => (json!([node.as_str()]), json!(1)),
+                Ok(codec::Decoded::Status(s)) => (json!([s.node.as_str()]), json!(1)),
                 Err(e) => (json!([]), json!(format!("undecodable: {e}"))),
             };
             json!({

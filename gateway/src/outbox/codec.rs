@@ -31,7 +31,9 @@ use std::collections::HashMap;
 use tianzhong_protocol::reading::{ChannelId, Quality, Timestamp};
 use tianzhong_protocol::{NodeId, Quantity, Reading, SiteId};
 
-use crate::pipeline::Record;
+use tianzhong_protocol::payload::NodeStatus;
+
+use crate::pipeline::{Record, StatusEvent};
 
 /// Encoding version written in every batch.
 pub const VERSION: u8 = 1;
@@ -39,6 +41,9 @@ pub const VERSION: u8 = 1;
 pub const KIND_READINGS: u8 = 0;
 /// Kind byte of an alarm transition.
 pub const KIND_ALARM: u8 = 1;
+/// Kind byte of a node's status change (online, offline): kept over routine readings, given
+/// up before alarm transitions.
+pub const KIND_STATUS: u8 = 2;
 /// Bytes per encoded record.
 pub const RECORD_BYTES: usize = 34;
 /// Most records in one batch: string indices are `u16`, so [`crate::outbox::Outbox::append`]
@@ -112,6 +117,26 @@ pub fn encode_readings(records: &[Record], out: &mut Vec<u8>) {
     }
 }
 
+/// Encodes a node's status change into `out` (cleared first): node, site, then the status as
+/// the protocol's JSON (what the node itself would publish).
+pub fn encode_status(status: &StatusEvent, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+    let mut json = [0u8; 512];
+    let n = status
+        .status
+        .to_json(&mut json)
+        .or_else(|e| err(format!("status of {}: {e:?}", status.node)))?;
+    out.clear();
+    out.reserve(4 + status.node.len() + status.site.len() + n);
+    out.push(VERSION);
+    out.push(KIND_STATUS);
+    out.push(status.node.len() as u8);
+    out.extend_from_slice(status.node.as_bytes());
+    out.push(status.site.len() as u8);
+    out.extend_from_slice(status.site.as_bytes());
+    out.extend_from_slice(&json[..n]);
+    Ok(())
+}
+
 /// Encodes an alarm transition of `node` with its opaque payload into `out` (cleared first).
 pub fn encode_alarm(node: &NodeId, payload: &[u8], out: &mut Vec<u8>) {
     out.clear();
@@ -166,12 +191,14 @@ pub enum Decoded {
     Readings(Vec<Record>),
     /// An alarm transition: node and opaque payload.
     Alarm(NodeId, Vec<u8>),
+    /// A node's status change.
+    Status(StatusEvent),
 }
 
 /// The kind byte of an encoded batch.
 pub fn kind(bytes: &[u8]) -> Result<u8, DecodeError> {
     match bytes {
-        [VERSION, k @ (KIND_READINGS | KIND_ALARM), ..] => Ok(*k),
+        [VERSION, k @ (KIND_READINGS | KIND_ALARM | KIND_STATUS), ..] => Ok(*k),
         [VERSION, k, ..] => err(format!("unknown kind {k}")),
         [v, ..] => err(format!("unknown version {v}")),
         [] => err("empty"),
@@ -185,6 +212,13 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     if kind == KIND_ALARM {
         let node = NodeId::new(c.id()?).or_else(|e| err(format!("alarm node: {e}")))?;
         return Ok(Decoded::Alarm(node, bytes[c.at..].to_vec()));
+    }
+    if kind == KIND_STATUS {
+        let node = NodeId::new(c.id()?).or_else(|e| err(format!("status node: {e}")))?;
+        let site = SiteId::new(c.id()?).or_else(|e| err(format!("status site: {e}")))?;
+        let status = NodeStatus::from_json(&bytes[c.at..])
+            .or_else(|e| err(format!("status of {node}: {e:?}")))?;
+        return Ok(Decoded::Status(StatusEvent { site, node, status }));
     }
     let n_strings = c.u16()? as usize;
     let mut strings = Vec::with_capacity(n_strings);
@@ -247,10 +281,10 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     Ok(Decoded::Readings(records))
 }
 
-/// The node of an alarm transition, as stored (a valid [`NodeId`]).
-pub fn alarm_node(bytes: &[u8]) -> Result<&str, DecodeError> {
-    if kind(bytes)? != KIND_ALARM {
-        return err("not an alarm transition");
+/// The node of an alarm transition or status change, as stored (a valid [`NodeId`]).
+pub fn event_node(bytes: &[u8]) -> Result<&str, DecodeError> {
+    if kind(bytes)? == KIND_READINGS {
+        return err("not an alarm transition or status change");
     }
     let node = Cursor { buf: bytes, at: 2 }.id()?;
     NodeId::new(node).or_else(|e| err(format!("alarm node: {e}")))?;
@@ -260,8 +294,8 @@ pub fn alarm_node(bytes: &[u8]) -> Result<&str, DecodeError> {
 /// The node of every record in an encoded batch, without decoding the rest (for counting
 /// drops).
 pub fn nodes_of(bytes: &[u8]) -> Result<Vec<NodeId>, DecodeError> {
-    if kind(bytes)? == KIND_ALARM {
-        let node = alarm_node(bytes)?;
+    if kind(bytes)? != KIND_READINGS {
+        let node = event_node(bytes)?;
         return Ok(vec![
             NodeId::new(node).or_else(|e| err(format!("node: {e}")))?,
         ]);
@@ -476,7 +510,30 @@ mod tests {
         let mut alarm = Vec::new();
         encode_alarm(&NodeId::new("n-9").unwrap(), b"payload", &mut alarm);
         assert!(RawReadings::parse(&alarm).is_err());
-        assert_eq!(alarm_node(&alarm), Ok("n-9"));
-        assert!(alarm_node(&buf).is_err());
+        assert_eq!(event_node(&alarm), Ok("n-9"));
+        assert!(event_node(&buf).is_err());
+    }
+
+    #[test]
+    fn a_status_change_round_trips_and_names_its_node() {
+        let status = StatusEvent {
+            site: SiteId::new("plant-3").unwrap(),
+            node: NodeId::new("cp-lel-05").unwrap(),
+            status: NodeStatus {
+                ts: Some(1_764_300_000_000),
+                fw: Some(heapless::String::try_from("1.4.2").unwrap()),
+                uptime_s: Some(3600),
+                ..NodeStatus::last_will()
+            },
+        };
+        let mut buf = Vec::new();
+        encode_status(&status, &mut buf).unwrap();
+        assert_eq!(kind(&buf), Ok(KIND_STATUS));
+        assert_eq!(decode(&buf), Ok(Decoded::Status(status.clone())));
+        assert_eq!(event_node(&buf), Ok("cp-lel-05"));
+        assert_eq!(nodes_of(&buf).unwrap(), vec![status.node.clone()]);
+        assert!(RawReadings::parse(&buf).is_err());
+        // A status whose JSON was cut short is an error, not a default.
+        assert!(decode(&buf[..buf.len() - 2]).is_err());
     }
 }

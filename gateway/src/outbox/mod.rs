@@ -125,12 +125,40 @@
 //! | 0 | batches every sink confirmed | purged at once | (not a drop) |
 //! | 1 | routine readings, oldest first | **downsampled once**: across each 4 MiB window of the oldest not-yet-downsampled reading batches, of each (node, channel)'s readings in time order the 1st, (k+1)th, (2k+1)th… are kept (`k` = `downsample_keep_one_in`, default 2: every 2nd) | [`DropReason::Downsampled`] |
 //! | 2 | routine readings, oldest first | whole batches dropped (already downsampled ones first, being oldest) | [`DropReason::Full`] |
-//! | 3 | alarm transitions, oldest first | only when no routine reading is left | [`DropReason::FullAlarm`] |
+//! | 3 | node status changes, oldest first | only when no routine reading is left | [`DropReason::FullStatus`] |
+//! | 4 | alarm transitions, oldest first | only when nothing else is left | [`DropReason::FullAlarm`] |
+//!
+//! Batches a sink has been handed and not yet confirmed — read ahead by its feeder, or in
+//! the body it is retrying — are never shed (nor downsampled): the sink may still write
+//! them, and a reading both written and counted as dropped would make the count a lie. They
+//! are a sink's window (some hundreds of batches), not the backlog.
 //!
 //! Every reading removed is counted per node in the same transaction that removes it, so the
 //! count is exact across crashes ([`Outbox::drops`], never silent). A batch appended while
 //! the outbox is full of alarms may itself be dropped (and counted) at its commit; its ticket
 //! still resolves, since the gateway has taken responsibility for it and recorded the loss.
+//!
+//! # A disk that fills first
+//!
+//! The bound is a promise about the outbox's own size; the filesystem may run out before it
+//! (a small card, other files). The storage thread looks at the free space (`statvfs`, at
+//! most every 250 ms) and keeps [`OutboxConfig::min_free`] free (default 1/32 of the bound,
+//! 4–64 MiB):
+//!
+//! | free space | bound in force | WAL |
+//! |---|---|---|
+//! | ≥ 2 × `min_free` (and ≥ 1 MiB) | `max_bytes` | checkpoint every 1 000 pages, kept under 64 MiB |
+//! | fell under `min_free` | what is stored + what the file's free pages hold: the file stops growing | checkpoint every 256 pages, truncated to `min_free` / 4 |
+//! | under `min_free` / 2 | lowered again to what is stored now | same |
+//!
+//! The lowered bound is enforced like the configured one — the same order, the same counts.
+//! If SQLite still fails a commit with `SQLITE_FULL` (the disk filled by something else, or
+//! the file's page limit [`OutboxConfig::max_file_pages`] reached), nothing committed is
+//! lost: the bound is lowered to three quarters of what is stored, a transaction that only
+//! deletes (confirmed batches, then by the policy, making room for what is pending) runs
+//! first, the WAL is truncated, and the commit is retried with a backoff (100 ms doubling
+//! to 5 s; appends wait meanwhile, so MQTT messages stay unacknowledged at the broker).
+//! Metrics: `tianzhong_outbox{kind="bound_bytes"}` and `{kind="commit_failures"}`.
 //!
 //! # Crash safety and shutdown
 //!
@@ -152,7 +180,7 @@ use std::time::Duration;
 use tianzhong_protocol::NodeId;
 use tokio::sync::{oneshot, watch};
 
-use crate::pipeline::Record;
+use crate::pipeline::{Record, StatusEvent};
 use codec::Decoded;
 use store::{Cmd, Pending, Recycler, Store};
 
@@ -177,6 +205,8 @@ pub enum Entry {
         /// Opaque to the outbox.
         payload: Vec<u8>,
     },
+    /// A node's status change.
+    Status(StatusEvent),
 }
 
 /// A batch as a sink reads it.
@@ -199,6 +229,8 @@ pub enum DropReason {
     Full,
     /// An alarm transition dropped to make room (no routine reading was left).
     FullAlarm,
+    /// A node status change dropped to make room (no routine reading was left).
+    FullStatus,
     /// An undecodable batch dropped to make room (counted under the node `""`).
     Undecodable,
 }
@@ -210,6 +242,7 @@ impl DropReason {
             DropReason::Downsampled => "downsampled",
             DropReason::Full => "full",
             DropReason::FullAlarm => "full_alarm",
+            DropReason::FullStatus => "full_status",
             DropReason::Undecodable => "undecodable",
         }
     }
@@ -219,6 +252,7 @@ impl DropReason {
             DropReason::Downsampled,
             DropReason::Full,
             DropReason::FullAlarm,
+            DropReason::FullStatus,
             DropReason::Undecodable,
         ]
         .into_iter()
@@ -285,6 +319,11 @@ pub struct OutboxStats {
     pub dead_letters: u64,
     /// Readings dropped in all (see [`Outbox::drops`]).
     pub dropped: u64,
+    /// The bound in force: [`OutboxConfig::max_bytes`], or less while the filesystem is
+    /// short of space.
+    pub bound: u64,
+    /// Commits that failed (a full disk, say) since the outbox was opened.
+    pub commit_failures: u64,
 }
 
 /// Outbox settings.
@@ -309,6 +348,22 @@ pub struct OutboxConfig {
     pub purge_interval: Duration,
     /// How many dead letters are kept (newest). Default 10 000.
     pub dead_letter_keep: u32,
+    /// Space the outbox leaves free on its filesystem: below it, the bound shrinks to what
+    /// is stored (see "A disk that fills first" in the [module docs](self)). `None`: 1/32 of
+    /// [`max_bytes`](Self::max_bytes), from 4 MiB to 64 MiB.
+    pub min_free_bytes: Option<u64>,
+    /// A hard limit on the database file, in pages (SQLite's `max_page_count`): reaching it
+    /// is handled like a full disk. `None`: no limit but the disk's. For tests of a full
+    /// disk without a small filesystem, and for a file that must never grow past a size.
+    pub max_file_pages: Option<u32>,
+}
+
+impl OutboxConfig {
+    /// The space left free on the filesystem ([`OutboxConfig::min_free_bytes`]).
+    pub fn min_free(&self) -> u64 {
+        self.min_free_bytes
+            .unwrap_or((self.max_bytes / 32).clamp(4 << 20, 64 << 20))
+    }
 }
 
 impl Default for OutboxConfig {
@@ -322,6 +377,8 @@ impl Default for OutboxConfig {
             downsample_keep_one_in: 2,
             purge_interval: Duration::from_secs(1),
             dead_letter_keep: 10_000,
+            min_free_bytes: None,
+            max_file_pages: None,
         }
     }
 }
@@ -341,6 +398,9 @@ pub enum Error {
     /// The storage thread could not be started.
     #[error("outbox thread: {0}")]
     Thread(std::io::Error),
+    /// What was to be stored cannot be encoded.
+    #[error("{0}")]
+    Encode(codec::DecodeError),
 }
 
 struct Inner {
@@ -443,11 +503,20 @@ impl Outbox {
         self.enqueue(codec::KIND_ALARM, 1, bytes)
     }
 
+    /// Accepts a node's status change.
+    pub async fn append_status(&self, status: &StatusEvent) -> Result<Ticket, Error> {
+        let mut bytes = Vec::new();
+        codec::encode_status(status, &mut bytes).map_err(Error::Encode)?;
+        self.room().await?;
+        self.enqueue(codec::KIND_STATUS, 1, bytes)
+    }
+
     /// Accepts an [`Entry`].
     pub async fn append(&self, entry: &Entry) -> Result<Ticket, Error> {
         match entry {
             Entry::Readings(r) => self.append_readings(r).await,
             Entry::Alarm { node, payload } => self.append_alarm(node, payload).await,
+            Entry::Status(status) => self.append_status(status).await,
         }
     }
 
@@ -516,6 +585,7 @@ impl Outbox {
                     entry: match d {
                         Decoded::Readings(r) => Entry::Readings(r),
                         Decoded::Alarm(node, payload) => Entry::Alarm { node, payload },
+                        Decoded::Status(status) => Entry::Status(status),
                     },
                     downsampled: b.level > 0,
                 }),

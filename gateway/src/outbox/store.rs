@@ -22,6 +22,13 @@ use super::{
 /// measured as (file size − payload) / rows on a 1 GB store of 100-record batches.
 pub const ROW_OVERHEAD: u64 = 64;
 
+/// How often the filesystem's free space is looked at (a `statvfs`, some microseconds).
+const SPACE_CHECK: Duration = Duration::from_millis(250);
+
+/// Accounted bytes per byte of file the outbox's pages take (row headers and page slack):
+/// 1.18 measured with 100-reading batches, 1.01 with 1 000-reading ones (module docs).
+const FILE_PER_ACCOUNTED: f64 = 1.2;
+
 /// How much a downsampling or dropping round reads at a time, bounding its memory (the
 /// window's bytes plus, when downsampling, 24 bytes per reading in it).
 const CHUNK_BYTES: u64 = 4 << 20;
@@ -149,6 +156,45 @@ pub(super) struct Store {
     first_change: Option<Instant>,
     inflight: Arc<std::sync::atomic::AtomicUsize>,
     recycler: Arc<Recycler>,
+    space: Space,
+    /// The newest batch each sink has been handed by a read. Between its cursor and this,
+    /// a sink holds batches it may yet write: the bound never sheds those, or a reading
+    /// would be both written and counted as dropped.
+    handed: HashMap<String, u64>,
+}
+
+/// What the outbox knows of the room it has on disk (see "A disk that fills first" in the
+/// [module docs](super)).
+struct Space {
+    /// The directory holding the database, its WAL and anything else on that filesystem.
+    dir: std::path::PathBuf,
+    checked: Option<Instant>,
+    /// Bytes committed since `checked`.
+    written: u64,
+    /// The bound in force while the filesystem is short of space, below `max_bytes`.
+    bound: Option<u64>,
+    /// After a commit failed for want of space: shed to `bound` in a transaction of its own
+    /// before the next one inserts anything.
+    shed_first: bool,
+    /// When the next commit may be tried after a failure, and the wait after the next one.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    failures: u64,
+}
+
+/// Bytes the filesystem holding `dir` has for an unprivileged writer.
+fn available(dir: &Path) -> Option<u64> {
+    rustix::fs::statvfs(dir)
+        .ok()
+        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// Whether SQLite gave up for want of space: a full disk, or the file's page limit.
+fn is_full(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Sqlite(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull
+    )
 }
 
 fn now_ms() -> i64 {
@@ -193,6 +239,9 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "journal_size_limit", 64i64 << 20)?;
         conn.pragma_update(None, "cache_size", -8192i64)?;
+        if let Some(pages) = cfg.max_file_pages {
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+        }
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS batch (
@@ -282,6 +331,21 @@ impl Store {
             first_change: None,
             inflight,
             recycler,
+            handed: HashMap::new(),
+            space: Space {
+                dir: path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."))
+                    .to_path_buf(),
+                checked: None,
+                written: 0,
+                bound: None,
+                shed_first: false,
+                retry_at: None,
+                backoff: Duration::from_millis(100),
+                failures: 0,
+            },
         };
         {
             let tx = store.conn.transaction()?;
@@ -301,9 +365,12 @@ impl Store {
     pub fn run(mut self, rx: Receiver<Cmd>, durable_tx: watch::Sender<u64>) {
         let mut close_reply = None;
         loop {
-            let timeout = match self.first_change {
-                Some(t) => (t + self.cfg.fsync_interval).saturating_duration_since(Instant::now()),
-                None => Duration::from_secs(3600),
+            let timeout = match (self.first_change, self.space.retry_at) {
+                (Some(_), Some(r)) => r.saturating_duration_since(Instant::now()),
+                (Some(t), None) => {
+                    (t + self.cfg.fsync_interval).saturating_duration_since(Instant::now())
+                }
+                (None, _) => Duration::from_secs(3600),
             };
             let first = match rx.recv_timeout(timeout) {
                 Ok(c) => Some(c),
@@ -326,10 +393,11 @@ impl Store {
             if close_reply.is_some() {
                 break;
             }
-            let due = self
+            let due = (self
                 .first_change
                 .is_some_and(|t| t.elapsed() >= self.cfg.fsync_interval)
-                || self.pending_bytes >= self.cfg.commit_bytes;
+                || self.pending_bytes >= self.cfg.commit_bytes)
+                && self.space.retry_at.is_none_or(|r| Instant::now() >= r);
             if due {
                 self.commit_and_notify(&durable_tx);
             }
@@ -354,8 +422,19 @@ impl Store {
             Ok(()) => {
                 durable_tx.send_replace(self.durable);
             }
-            // Kept pending and retried at the next interval; appends wait meanwhile.
-            Err(e) => warn!("outbox: commit failed, will retry: {e}"),
+            // Kept pending and retried after a backoff; appends wait meanwhile (the MQTT
+            // source's messages stay unacknowledged, held by the broker).
+            Err(e) => {
+                let wait = self.space.backoff;
+                self.space.retry_at = Some(Instant::now() + wait);
+                self.space.backoff = (wait * 2).min(Duration::from_secs(5));
+                if is_full(&e) {
+                    error!(dir = %self.space.dir.display(), available = ?available(&self.space.dir),
+                        "outbox: commit failed for want of space: {e}; shedding by the policy and retrying in {wait:?}");
+                } else {
+                    warn!("outbox: commit failed, will retry in {wait:?}: {e}");
+                }
+            }
         }
     }
 
@@ -431,7 +510,23 @@ impl Store {
                 bytes,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows: Vec<RawBatch> = rows.collect::<Result<_, _>>()?;
+        if let Some(last) = rows.last() {
+            let handed = self.handed.entry(sink.to_owned()).or_default();
+            *handed = (*handed).max(last.id);
+        }
+        Ok(rows)
+    }
+
+    /// The batches sinks hold unconfirmed, as `(after, upto)` id ranges.
+    fn held(&self) -> Vec<(u64, u64)> {
+        self.cursors
+            .iter()
+            .filter_map(|(sink, &cursor)| {
+                let handed = self.handed.get(sink).copied()?;
+                (handed > cursor).then_some((cursor, handed))
+            })
+            .collect()
     }
 
     fn ack(&mut self, sink: &str, upto: u64) -> Result<(), Error> {
@@ -561,17 +656,178 @@ impl Store {
                 .collect(),
             dead_letters: dead as u64,
             dropped: dropped as u64,
+            bound: self.bound(),
+            commit_failures: self.space.failures,
         })
+    }
+
+    /// The bound in force.
+    fn bound(&self) -> u64 {
+        self.space
+            .bound
+            .map_or(self.cfg.max_bytes, |b| b.min(self.cfg.max_bytes))
+    }
+
+    /// Bytes the file may still grow by: the filesystem's free space, and what its page
+    /// limit leaves when it has one.
+    fn room(&self) -> Option<u64> {
+        let fs = available(&self.space.dir);
+        let limit = self.cfg.max_file_pages.and_then(|max| {
+            let pages: i64 = self
+                .conn
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .ok()?;
+            let size: i64 = self
+                .conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .ok()?;
+            Some((max as u64).saturating_sub(pages as u64) * size as u64)
+        });
+        match (fs, limit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// What the stored batches could grow to in the pages the file already has free.
+    fn reusable(&self) -> u64 {
+        let free: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .unwrap_or(0);
+        let size: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap_or(4096);
+        ((free * size) as f64 / FILE_PER_ACCOUNTED) as u64
+    }
+
+    /// Looks at the free space (at most every [`SPACE_CHECK`]) and sets the bound: below
+    /// `min_free`, the outbox may fill only the pages it already has; at half of it, what it
+    /// has now is all it keeps; from twice `min_free` (and 1 MiB), the configured bound again.
+    fn check_space(&mut self) {
+        // Also whenever a quarter of `min_free` may have been written since: a burst must not
+        // run through the margin between two looks.
+        let written = self.space.written + self.pending_bytes as u64;
+        if self
+            .space
+            .checked
+            .is_some_and(|t| t.elapsed() < SPACE_CHECK)
+            && written < self.cfg.min_free() / 4
+        {
+            self.space.written = written;
+            return;
+        }
+        self.space.written = 0;
+        self.space.checked = Some(Instant::now());
+        let Some(room) = self.room() else {
+            return;
+        };
+        let min_free = self.cfg.min_free();
+        let was = self.space.bound;
+        // Released with some margin (1 MiB at least), so that a bound lowered after a failed
+        // commit is not lifted while the file is still against its limit.
+        if room >= (2 * min_free).max(1 << 20) {
+            self.space.bound = None;
+        } else if room < min_free / 2 {
+            let now = self.acct.bytes + self.reusable();
+            self.space.bound = Some(was.map_or(now, |b| b.min(now)));
+        } else if room < min_free && was.is_none() {
+            self.space.bound = Some(self.acct.bytes + self.reusable());
+        }
+        match (was.is_some(), self.space.bound.is_some()) {
+            (false, true) => self.tight_wal(true),
+            (true, false) => self.tight_wal(false),
+            _ => {}
+        }
+        match (was, self.space.bound) {
+            (None, Some(b)) if b < self.cfg.max_bytes => warn!(
+                dir = %self.space.dir.display(), room, min_free,
+                "outbox: the filesystem is short of space; bound lowered from {} to {b} bytes",
+                self.cfg.max_bytes
+            ),
+            (Some(_), None) => tracing::info!(
+                dir = %self.space.dir.display(), room,
+                "outbox: space again; bound back to {} bytes", self.cfg.max_bytes
+            ),
+            _ => {}
+        }
+    }
+
+    /// Short of space, the WAL is checkpointed every 256 pages (1 MiB) instead of SQLite's
+    /// 1 000, and truncated back to a quarter of `min_free` after each checkpoint instead of
+    /// 64 MiB: shedding rewrites whole 4 MiB windows, and a WAL left at its largest would
+    /// take the space the bound was lowered to keep.
+    fn tight_wal(&self, tight: bool) {
+        let (pages, limit) = if tight {
+            (256i64, (self.cfg.min_free() / 4).max(1 << 20) as i64)
+        } else {
+            (1000, 64 << 20)
+        };
+        let _ = self.conn.pragma_update(None, "wal_autocheckpoint", pages);
+        let _ = self.conn.pragma_update(None, "journal_size_limit", limit);
+    }
+
+    /// After a commit failed for want of space: a transaction that only removes (confirmed
+    /// batches, then by the policy down to the lowered bound less what is pending), so that
+    /// the next one inserts into freed pages; then the WAL is truncated when it can be.
+    fn make_room(&mut self) -> Result<(), Error> {
+        let pending = self.pending_bytes as u64 + self.pending.len() as u64 * ROW_OVERHEAD;
+        let target = self.bound().saturating_sub(pending);
+        let saved = (self.acct, self.purged_upto);
+        let held = self.held();
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            let min_cursor = self.cursors.values().copied().min().unwrap_or(self.durable);
+            if min_cursor > self.purged_upto {
+                let (b, n) = purge(&tx, min_cursor)?;
+                self.acct.bytes -= b;
+                self.acct.batches -= n;
+                self.purged_upto = min_cursor;
+            }
+            if self.acct.bytes > target {
+                self.acct
+                    .enforce_bound(&tx, &self.cfg, target.max(1), &held)?;
+                set_meta(&tx, "frontier", self.acct.frontier)?;
+            }
+            set_meta(&tx, "bytes", self.acct.bytes)?;
+            set_meta(&tx, "batches", self.acct.batches)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        if result.is_err() {
+            (self.acct, self.purged_upto) = saved;
+        }
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        result
     }
 
     /// One transaction: the pending batches, the cursors, a purge when due and the bound.
     fn commit(&mut self) -> Result<(), Error> {
+        self.check_space();
+        if self.space.shed_first {
+            self.make_room().inspect_err(|_| self.space.failures += 1)?;
+            self.space.shed_first = false;
+        }
         let saved = (self.acct, self.purged_upto);
         let result = self.commit_inner();
-        if result.is_err() {
+        if let Err(e) = &result {
             (self.acct, self.purged_upto) = saved;
+            self.space.failures += 1;
+            if is_full(e) {
+                // What is stored now, less a quarter, is what fits: the next attempt sheds
+                // to it first. Lifted once the filesystem has room again.
+                let cap = self.acct.bytes - self.acct.bytes / 4;
+                self.space.bound = Some(self.space.bound.map_or(cap, |b| b.min(cap)));
+                self.space.checked = Some(Instant::now());
+                self.space.shed_first = true;
+            }
             return result;
         }
+        self.space.retry_at = None;
+        self.space.backoff = Duration::from_millis(100);
         if let Some(last) = self.pending.last() {
             self.durable = last.id;
         }
@@ -591,6 +847,8 @@ impl Store {
 
     fn commit_inner(&mut self) -> Result<(), Error> {
         let now = now_ms();
+        let bound = self.bound();
+        let held = self.held();
         let tx = self.conn.transaction()?;
         let mut next_id = self.next_id;
         {
@@ -621,23 +879,18 @@ impl Store {
             }
         }
         let min_cursor = self.cursors.values().copied().min().unwrap_or(self.durable);
-        let over = self.acct.bytes > self.cfg.max_bytes;
+        let over = self.acct.bytes > bound;
         if min_cursor > self.purged_upto
             && (over || self.last_purge.elapsed() >= self.cfg.purge_interval)
         {
-            let (b, n): (i64, i64) = tx.query_row(
-                "SELECT COALESCE(SUM(n_bytes), 0), COUNT(*) FROM batch WHERE id <= ?1",
-                [min_cursor as i64],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            tx.execute("DELETE FROM batch WHERE id <= ?1", [min_cursor as i64])?;
-            self.acct.bytes -= b as u64;
-            self.acct.batches -= n as u64;
+            let (b, n) = purge(&tx, min_cursor)?;
+            self.acct.bytes -= b;
+            self.acct.batches -= n;
             self.purged_upto = min_cursor;
             self.last_purge = Instant::now();
         }
-        if self.acct.bytes > self.cfg.max_bytes {
-            self.acct.enforce_bound(&tx, &self.cfg)?;
+        if self.acct.bytes > bound {
+            self.acct.enforce_bound(&tx, &self.cfg, bound, &held)?;
             set_meta(&tx, "frontier", self.acct.frontier)?;
         }
         set_meta(&tx, "next_id", next_id)?;
@@ -649,16 +902,35 @@ impl Store {
     }
 }
 
+/// Deletes every batch up to `upto` (all sinks confirmed them); returns their accounted
+/// bytes and their number.
+fn purge(tx: &Transaction<'_>, upto: u64) -> Result<(u64, u64), Error> {
+    let (b, n): (i64, i64) = tx.query_row(
+        "SELECT COALESCE(SUM(n_bytes), 0), COUNT(*) FROM batch WHERE id <= ?1",
+        [upto as i64],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    tx.execute("DELETE FROM batch WHERE id <= ?1", [upto as i64])?;
+    Ok((b as u64, n as u64))
+}
+
 impl Acct {
-    /// Brings the accounted bytes down to the low watermark, in the documented order:
-    /// downsample the oldest routine readings once, then drop the oldest routine readings,
-    /// then the oldest alarm transitions. Every reading removed is counted in `drops`.
-    fn enforce_bound(&mut self, tx: &Transaction<'_>, cfg: &OutboxConfig) -> Result<(), Error> {
-        let low = cfg.max_bytes - cfg.max_bytes / 20;
+    /// Brings the accounted bytes down to the low watermark of `bound` (95 %), in the
+    /// documented order: downsample the oldest routine readings once, then drop the oldest
+    /// routine readings, then status changes, then the oldest alarm transitions. Every
+    /// reading removed is counted in `drops`.
+    fn enforce_bound(
+        &mut self,
+        tx: &Transaction<'_>,
+        cfg: &OutboxConfig,
+        bound: u64,
+        held: &[(u64, u64)],
+    ) -> Result<(), Error> {
+        let low = bound - bound / 20;
         let keep = cfg.downsample_keep_one_in.max(1) as usize;
         // 1. Downsample.
         while keep > 1 && self.bytes > low {
-            let chunk = self.chunk(tx, codec::KIND_READINGS, Some(self.frontier))?;
+            let chunk = self.chunk(tx, codec::KIND_READINGS, Some(self.frontier), held)?;
             let Some(&(last, _, _)) = chunk.last() else {
                 break;
             };
@@ -668,10 +940,11 @@ impl Acct {
         // 2. Drop routine readings, then 3. alarms, oldest first.
         for (kind, reason) in [
             (codec::KIND_READINGS, DropReason::Full),
+            (codec::KIND_STATUS, DropReason::FullStatus),
             (codec::KIND_ALARM, DropReason::FullAlarm),
         ] {
             while self.bytes > low {
-                let chunk = self.chunk(tx, kind, None)?;
+                let chunk = self.chunk(tx, kind, None, held)?;
                 if chunk.is_empty() {
                     break;
                 }
@@ -689,7 +962,7 @@ impl Acct {
                             }
                         })
                     } else {
-                        codec::alarm_node(bytes).map(|node| *counts.entry(node).or_default() += 1)
+                        codec::event_node(bytes).map(|node| *counts.entry(node).or_default() += 1)
                     };
                     if parsed.is_err() {
                         *counts.entry("").or_default() += 1;
@@ -708,30 +981,36 @@ impl Acct {
                 }
             }
         }
-        if self.bytes > cfg.max_bytes {
+        if self.bytes > bound {
             warn!(
                 bytes = self.bytes,
-                max = cfg.max_bytes,
+                max = bound,
                 "outbox: still over its bound after dropping everything it may"
             );
         }
         Ok(())
     }
 
-    /// The oldest batches of `kind` (level 0 and after `after` when given), up to
-    /// [`CHUNK_BYTES`].
+    /// The oldest batches of `kind` (level 0 and after `after` when given), outside the
+    /// `held` ranges, up to [`CHUNK_BYTES`].
     fn chunk(
         &self,
         tx: &Transaction<'_>,
         kind: u8,
         after: Option<u64>,
+        held: &[(u64, u64)],
     ) -> Result<Vec<(u64, u64, Vec<u8>)>, Error> {
-        let sql = if after.is_some() {
-            "SELECT id, n_bytes, bytes FROM batch WHERE id > ?1 AND kind = ?2 AND level = 0 ORDER BY id"
-        } else {
-            "SELECT id, n_bytes, bytes FROM batch WHERE id > ?1 AND kind = ?2 ORDER BY id"
-        };
-        let mut stmt = tx.prepare_cached(sql)?;
+        use std::fmt::Write as _;
+        let mut sql =
+            String::from("SELECT id, n_bytes, bytes FROM batch WHERE id > ?1 AND kind = ?2");
+        if after.is_some() {
+            sql.push_str(" AND level = 0");
+        }
+        for (lo, hi) in held {
+            let _ = write!(sql, " AND NOT (id > {lo} AND id <= {hi})");
+        }
+        sql.push_str(" ORDER BY id");
+        let mut stmt = tx.prepare_cached(&sql)?;
         let mut rows = stmt.query(params![after.unwrap_or(0) as i64, kind])?;
         let mut out = Vec::new();
         let mut total = 0;

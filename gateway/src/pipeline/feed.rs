@@ -75,6 +75,7 @@ fn delivery(entry: Entry, id: BatchId) -> Result<Delivery, String> {
                 .map_err(|e| format!("alarm transition is not JSON: {e}"))?;
             Output::Alarms(Arc::from([AlarmEvent::from_json(&v)?]))
         }
+        Entry::Status(status) => Output::Status(Arc::new(status)),
     };
     Ok(Delivery {
         output,

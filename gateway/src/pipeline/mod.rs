@@ -137,6 +137,10 @@ pub type SharedEngine = Arc<std::sync::Mutex<AlarmEngine>>;
 /// A subscriber that falls more than this many behind misses the oldest and is told so.
 pub const LIVE_CAPACITY: usize = 4096;
 
+/// Most readings the ingestion stage takes as one batch from events already queued (see
+/// `Ingest::coalesced`).
+pub const COALESCE_READINGS: usize = 1024;
+
 /// The sending end sources get.
 pub type EventSender = mpsc::Sender<Event>;
 
@@ -191,8 +195,9 @@ impl Ingest {
 
     /// Stores readings and alarm transitions in `outbox` instead of handing them to the sinks:
     /// each sink then reads them from the outbox ([`feed`]), and sources are told when what
-    /// they sent is durable. Node status still goes to the sinks directly (it is state, and
-    /// the newest wins).
+    /// they sent is durable. Node status changes go through the outbox too: in order with the
+    /// readings around them, and never waiting on a sink that has stalled (a channel to it
+    /// full) — which would stop ingestion for every node.
     pub fn with_outbox(mut self, outbox: Arc<Outbox>) -> Ingest {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Ticket, Receipt)>();
         let waiter = Arc::clone(&outbox);
@@ -264,14 +269,18 @@ impl Ingest {
                     continue;
                 }
             };
-            match event {
-                Event::Readings(batch) => self.readings(batch, None).await,
-                Event::Acked(batch, receipt) => self.readings(batch, Some(receipt)).await,
-                Event::Status(status) => {
-                    self.send(Delivery::direct(Output::Status(Arc::new(status))))
-                        .await;
+            let mut next = Some(event);
+            while let Some(event) = next.take() {
+                match event {
+                    Event::Readings(batch) => {
+                        next = self.coalesced(batch, Vec::new()).await;
+                    }
+                    Event::Acked(batch, receipt) => {
+                        next = self.coalesced(batch, vec![receipt]).await;
+                    }
+                    Event::Status(status) => self.status(status).await,
+                    Event::Alarms(events) => self.publish_alarms(events).await,
                 }
-                Event::Alarms(events) => self.publish_alarms(events).await,
             }
         }
         if let Some(outbox) = &self.outbox
@@ -281,12 +290,41 @@ impl Ingest {
         }
     }
 
-    async fn readings(&mut self, mut batch: Vec<Record>, receipt: Option<Receipt>) {
+    /// Takes `batch` and the readings events already queued behind it (up to
+    /// [`COALESCE_READINGS`]) as one batch, so that a stream of small ones (a Modbus poll or
+    /// an MQTT message of one node: a few readings each) costs one pass, one outbox batch and
+    /// one delivery to each sink rather than one each. Returns the first other event met,
+    /// which the caller handles next, so order is kept.
+    async fn coalesced(
+        &mut self,
+        mut batch: Vec<Record>,
+        mut receipts: Vec<Receipt>,
+    ) -> Option<Event> {
+        let mut other = None;
+        while batch.len() < COALESCE_READINGS {
+            match self.events.try_recv() {
+                Ok(Event::Readings(more)) => batch.extend(more),
+                Ok(Event::Acked(more, r)) => {
+                    batch.extend(more);
+                    receipts.push(r);
+                }
+                Ok(e) => {
+                    other = Some(e);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.readings(batch, receipts).await;
+        other
+    }
+
+    async fn readings(&mut self, mut batch: Vec<Record>, receipts: Vec<Receipt>) {
         self.metrics.readings_received.inc_by(batch.len() as u64);
         self.transforms.apply(&mut batch, &self.metrics);
         if batch.is_empty() {
-            // Nothing new to store (duplicates, say): the source may let go at once.
-            if let Some(r) = receipt {
+            // Nothing new to store (duplicates, say): the sources may let go at once.
+            for r in receipts {
                 let _ = r.send(());
             }
             return;
@@ -300,8 +338,10 @@ impl Ingest {
             Some(outbox) => match outbox.append_readings(&batch).await {
                 Ok(ticket) => {
                     self.accounts.stored(&account::count_by_node(&batch));
-                    if let (Some(r), Some(receipts)) = (receipt, &self.receipts) {
-                        let _ = receipts.send((ticket, r));
+                    if let Some(waiter) = &self.receipts {
+                        for r in receipts {
+                            let _ = waiter.send((ticket, r));
+                        }
                     }
                 }
                 Err(e) => {
@@ -322,12 +362,26 @@ impl Ingest {
             },
             None => {
                 self.send(Delivery::direct(Output::Readings(batch))).await;
-                if let Some(r) = receipt {
+                for r in receipts {
                     let _ = r.send(());
                 }
             }
         }
         self.publish_alarms(alarms).await;
+    }
+
+    async fn status(&self, status: StatusEvent) {
+        match &self.outbox {
+            Some(outbox) => {
+                if let Err(e) = outbox.append_status(&status).await {
+                    tracing::error!(node = %status.node, site = %status.site, "outbox: status change not stored: {e}");
+                }
+            }
+            None => {
+                self.send(Delivery::direct(Output::Status(Arc::new(status))))
+                    .await
+            }
+        }
     }
 
     fn evaluate(&mut self, batch: &[Record]) -> Vec<AlarmEvent> {

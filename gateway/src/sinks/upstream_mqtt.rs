@@ -272,20 +272,25 @@ pub async fn run(
                     metrics.sink_points(SINK, "alarm_published", 1);
                 }
             }
-            Output::Status(s) => {
-                let Ok(n) = s.status.to_json(&mut buf) else {
-                    continue;
-                };
-                let topic = topic(&config.topic_prefix, &s.site, &s.node, TopicKind::Status);
-                if client
-                    .publish(topic, level, true, buf[..n].to_vec())
-                    .await
-                    .is_err()
-                {
-                    break;
+            Output::Status(s) => match s.status.to_json(&mut buf) {
+                Ok(n) => {
+                    let topic = topic(&config.topic_prefix, &s.site, &s.node, TopicKind::Status);
+                    if client
+                        .publish(topic, level, true, buf[..n].to_vec())
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    published += 1;
                 }
-                published += 1;
-            }
+                // Confirmed all the same (below): a status that cannot be written never
+                // will be, and must not hold up what follows it.
+                Err(e) => {
+                    metrics.sink_points(SINK, "refused", 1);
+                    warn!(node = %s.node, site = %s.site, "status not publishable: {e:?}");
+                }
+            },
         }
         if let Some(b) = delivery.batch {
             waiting.push_back((published, b));
