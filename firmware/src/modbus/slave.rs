@@ -7,13 +7,14 @@
 //! - a frame that fails its CRC: its address cannot be trusted, and a reply from the wrong
 //!   unit would collide with the right one's;
 //! - a frame for another unit;
-//! - a broadcast (address 0): writes are executed, reads are ignored since no one could
-//!   receive their data;
+//! - a broadcast (address 0): writes (06, 16 and 21 write file record) are executed, reads
+//!   are ignored since no one could receive their data;
 //! - a frame discarded for a t1.5 gap or an overrun.
 
 use tianzhong_protocol::crc::{check_rtu_adu, rtu_crc_bytes};
 
 use super::RegisterBank;
+use super::file_record;
 use super::frame::{Assembled, Discard, FrameAssembler, MAX_ADU_LEN, Pushed};
 use super::pdu::{self, Handled, MAX_PDU_LEN};
 use super::timing::RtuTiming;
@@ -159,7 +160,11 @@ impl RtuSlave {
 
         if address == BROADCAST {
             bump(&mut stats.broadcasts);
-            if let Ok(parsed) = pdu::parse_request(request)
+            // Function 21 is a write too: executed like the register writes (this is how
+            // firmware images stream to a node, file 0xF004), while 20 is a read and ignored.
+            if request.first() == Some(&file_record::WRITE_FILE_RECORD) {
+                let _ = file_record::handle(request, bank, pdu_out);
+            } else if let Ok(parsed) = pdu::parse_request(request)
                 && parsed.is_write()
             {
                 // No one to tell whether it worked: the outcome is dropped.

@@ -9,10 +9,36 @@
 //! | [`CHUNK_FILE`] `0xF001` | the chunk's index | 21 write | ⌈len / 2⌉ + 2 | the chunk's bytes (an odd last byte padded with `0xFF`), then its CRC-32C, high word first |
 //! | [`FINISH_FILE`] `0xF002` | 0 | 21 write | 1 | [`FINISH_MAGIC`]: check the image and stage it |
 //! | [`STATUS_FILE`] `0xF003` | 0 | 20 read | 1..=8 | the status below |
+//! | [`STREAM_FILE`] `0xF004` | the first byte's offset in the image / [`STREAM_UNIT`] | 21 write, usually broadcast | 1 + ⌈n / 2⌉ + 2 | the session tag, `n` bytes of the image (an odd last byte padded with `0xFF`), then their CRC-32C, high word first |
 //!
 //! Bytes go two to a register, the first in the high byte, as in the node profile's strings.
 //! A chunk of 128 bytes is the largest power of two that fits one write request (244 bytes of
 //! record data); record numbers stop at 9999, so an image has at most about 9900 chunks.
+//!
+//! # Streaming (file `0xF004`)
+//!
+//! A write-file-record reply echoes the whole request, so per-chunk writes to `0xF001` use
+//! well under half of an RTU line. The stream file is for writes to the broadcast address,
+//! which get no reply (Modbus over Serial Line V1.02, 2.2): the gateway sends a window of them
+//! back to back, then reads the status (addressed, function 20) to learn the next chunk wanted
+//! and goes back to it if a frame was lost (go-back-N).
+//!
+//! A stream write is not cut to chunks: it carries up to 224 bytes of the image from any
+//! offset that is a multiple of [`STREAM_UNIT`], so that one frame holds as much of the image
+//! as a request can, whatever the chunk size. The node collects the bytes of the next chunk in
+//! RAM and hands each completed chunk to the receiver with a CRC-32C it computes itself, after
+//! the write's own CRC-32C (over all its bytes, end to end from the gateway) has matched. The
+//! chunk size and the transfer log stay those of the offer, so a transfer may go on in either
+//! file after a reset or a change of link.
+//!
+//! The **session tag** is the first two bytes of the offered SHA-256, high byte first. Every
+//! node on the bus hears a broadcast; a node takes a stream write only when it is receiving
+//! (phase 1), the tag is its transfer's, its chunk size is a multiple of [`STREAM_UNIT`] of at
+//! most [`STREAM_MAX_CHUNK`] bytes, and the write starts where it needs the next byte (or at
+//! the start of the next chunk it wants, which drops what it collected of that chunk). Any
+//! other stream write is answered, when addressed, with exception 03 and changes nothing: not
+//! the status, not the flash. A node receiving the same image takes the same stream, which is
+//! harmless: the bytes are its image's.
 //!
 //! # Status (file `0xF003`, record 0)
 //!
@@ -32,6 +58,8 @@ use embedded_storage::nor_flash::NorFlash;
 use tianzhong_protocol::image::signature::SignatureRefusal;
 use tianzhong_protocol::image::{HEADER_LEN, Refusal};
 
+use tianzhong_protocol::crc::FRAME as CRC32C;
+
 use super::receiver::{UpdateError, UpdateReceiver};
 use crate::modbus::Exception;
 
@@ -43,6 +71,18 @@ pub const CHUNK_FILE: u16 = 0xF001;
 pub const FINISH_FILE: u16 = 0xF002;
 /// The status file.
 pub const STATUS_FILE: u16 = 0xF003;
+/// The stream file: image bytes by offset, written to the broadcast address.
+pub const STREAM_FILE: u16 = 0xF004;
+/// Bytes per record number in the stream file: the record of a stream write is the offset of
+/// its first byte divided by this. 32 lets 9999 records address 312 KiB of image, and divides
+/// every chunk size a stream accepts.
+pub const STREAM_UNIT: u32 = 32;
+/// The largest chunk size a stream is taken with: the RAM the node gives to the chunk it is
+/// collecting.
+pub const STREAM_MAX_CHUNK: usize = 256;
+/// Image bytes in one stream write: the largest multiple of [`STREAM_UNIT`] that fits a write
+/// request (244 bytes of record data) beside the session tag and the CRC-32C.
+pub const STREAM_MAX_BYTES: usize = 224;
 /// What the finish file takes.
 pub const FINISH_MAGIC: u16 = 0x4649; // "FI"
 /// Registers of an offer.
@@ -115,6 +155,11 @@ pub fn error_code(e: &UpdateError) -> u16 {
     }
 }
 
+enum StreamOutcome {
+    Ignored(StreamIgnored),
+    Failed(UpdateError),
+}
+
 /// The update files of a node: its receiver and the flash it writes.
 #[derive(Debug)]
 pub struct UpdateFiles<F> {
@@ -124,6 +169,26 @@ pub struct UpdateFiles<F> {
     last_error: Option<UpdateError>,
     chunk_size: u16,
     chunks: u32,
+    /// The session tag of the transfer offered (first two bytes of its SHA-256).
+    tag: u16,
+    /// The bytes of chunk `next_chunk` collected from stream writes so far.
+    stream: [u8; STREAM_MAX_CHUNK],
+    stream_len: usize,
+}
+
+/// Why a stream write was not taken; none of these changes the node's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamIgnored {
+    /// No transfer is being received.
+    NotReceiving,
+    /// The session tag is another transfer's.
+    OtherSession,
+    /// The chunk size is not one a stream can carry.
+    ChunkSize,
+    /// Not the bytes the node needs next.
+    NotNext,
+    /// Malformed: length, or CRC-32C mismatch.
+    Malformed,
 }
 
 fn bytes_of(regs: &[u16], out: &mut [u8]) {
@@ -143,6 +208,9 @@ impl<F: NorFlash> UpdateFiles<F> {
             last_error: None,
             chunk_size: 0,
             chunks: 0,
+            tag: 0,
+            stream: [0; STREAM_MAX_CHUNK],
+            stream_len: 0,
         }
     }
 
@@ -153,6 +221,8 @@ impl<F: NorFlash> UpdateFiles<F> {
         self.last_error = None;
         self.chunk_size = 0;
         self.chunks = 0;
+        self.tag = 0;
+        self.stream_len = 0;
     }
 
     /// The flash, e.g. for the bootloader's decision after a reset.
@@ -209,6 +279,7 @@ impl<F: NorFlash> UpdateFiles<F> {
                 let mut digest = [0u8; 32];
                 bytes_of(&data[32..48], &mut digest);
                 let chunk_size = data[48];
+                self.stream_len = 0;
                 match self
                     .receiver
                     .offer(&mut self.flash, &header, &digest, chunk_size)
@@ -218,6 +289,7 @@ impl<F: NorFlash> UpdateFiles<F> {
                         self.last_error = None;
                         self.chunk_size = chunk_size;
                         self.chunks = a.chunks;
+                        self.tag = u16::from_be_bytes([digest[0], digest[1]]);
                         Ok(())
                     }
                     Err(e) => Err(self.fail(e)),
@@ -251,6 +323,8 @@ impl<F: NorFlash> UpdateFiles<F> {
                     }));
                 }
                 bytes_of(regs, &mut buf[..len]);
+                // A chunk written here makes what a stream collected of it stale.
+                self.stream_len = 0;
                 match self
                     .receiver
                     .chunk(&mut self.flash, index, &buf[..len], crc)
@@ -259,6 +333,11 @@ impl<F: NorFlash> UpdateFiles<F> {
                     Err(e) => Err(self.fail(e)),
                 }
             }
+            STREAM_FILE => match self.stream_write(record, data) {
+                Ok(()) => Ok(()),
+                Err(StreamOutcome::Ignored(_)) => Err(Exception::IllegalDataValue),
+                Err(StreamOutcome::Failed(e)) => Err(self.fail(e)),
+            },
             FINISH_FILE => {
                 if record != 0 || data != [FINISH_MAGIC] {
                     return Err(Exception::IllegalDataValue);
@@ -273,6 +352,101 @@ impl<F: NorFlash> UpdateFiles<F> {
                 }
             }
             _ => Err(Exception::IllegalDataAddress),
+        }
+    }
+
+    /// A write to the stream file: takes the bytes if they are the ones this node needs next,
+    /// handing every chunk they complete to the receiver.
+    fn stream_write(&mut self, record: u16, data: &[u16]) -> Result<(), StreamOutcome> {
+        use StreamIgnored::*;
+        let ignored = |why| Err(StreamOutcome::Ignored(why));
+        let Some(progress) = self.receiver.progress() else {
+            return ignored(NotReceiving);
+        };
+        if self.phase != phase::RECEIVING {
+            return ignored(NotReceiving);
+        }
+        let (Some((&tag, rest)), Some(total)) = (data.split_first(), self.receiver.image_len())
+        else {
+            return ignored(Malformed);
+        };
+        if tag != self.tag {
+            return ignored(OtherSession);
+        }
+        let size = usize::from(self.chunk_size);
+        if size > STREAM_MAX_CHUNK || !(size as u32).is_multiple_of(STREAM_UNIT) {
+            return ignored(ChunkSize);
+        }
+        let Some(n_regs) = rest.len().checked_sub(2).filter(|&n| n > 0) else {
+            return ignored(Malformed);
+        };
+        let (regs, crc) = rest.split_at(n_regs);
+        let crc = (u32::from(crc[0]) << 16) | u32::from(crc[1]);
+        let offset = u32::from(record) * STREAM_UNIT;
+        let chunk_start = progress.next_chunk * u32::from(self.chunk_size);
+        let expected = chunk_start + self.stream_len as u32;
+        // At the start of the chunk wanted the gateway has gone back: start that chunk over.
+        let collected = if offset == chunk_start {
+            0
+        } else if offset == expected {
+            self.stream_len
+        } else {
+            return ignored(NotNext);
+        };
+        let remaining = (total - offset.min(total)) as usize;
+        let carried = 2 * regs.len();
+        let n = carried.min(remaining);
+        // Every write but the image's last is full to its registers; the last may pad one byte.
+        if n == 0
+            || carried > STREAM_MAX_BYTES + 1
+            || carried - n > 1
+            || (carried > n && n != remaining)
+        {
+            return ignored(Malformed);
+        }
+        let mut bytes = [0u8; STREAM_MAX_BYTES + 1];
+        bytes_of(regs, &mut bytes[..n]);
+        let bytes = &bytes[..n];
+        if CRC32C.checksum(bytes) != crc {
+            return ignored(Malformed);
+        }
+        self.stream_len = collected;
+        let mut next = progress.next_chunk;
+        let mut bytes = bytes;
+        while !bytes.is_empty() {
+            let want = self.chunk_len(next, progress.chunks);
+            let take = (want - self.stream_len).min(bytes.len());
+            self.stream[self.stream_len..self.stream_len + take].copy_from_slice(&bytes[..take]);
+            self.stream_len += take;
+            bytes = &bytes[take..];
+            if self.stream_len < want {
+                break;
+            }
+            let chunk = &self.stream[..want];
+            // The write's CRC-32C already covered these bytes end to end; the receiver's check
+            // of a CRC computed here only guards the copy into this buffer.
+            let chunk_crc = CRC32C.checksum(chunk);
+            self.stream_len = 0;
+            match self.receiver.chunk(&mut self.flash, next, chunk, chunk_crc) {
+                Ok(ack) => next = ack.next_chunk,
+                Err(e) => return Err(StreamOutcome::Failed(e)),
+            }
+            if next >= progress.chunks {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Why the last stream write was not taken, for tests and diagnostics: `None` if taken.
+    pub fn stream_check(&mut self, record: u16, data: &[u16]) -> Option<StreamIgnored> {
+        match self.stream_write(record, data) {
+            Err(StreamOutcome::Ignored(why)) => Some(why),
+            Err(StreamOutcome::Failed(e)) => {
+                let _ = self.fail(e);
+                None
+            }
+            Ok(()) => None,
         }
     }
 
