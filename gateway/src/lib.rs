@@ -19,6 +19,7 @@
 //! | [`console`] | the operator console (single-page app embedded in the binary), served at `/` and `/console/…` |
 //! | [`gateway`] | assembling and running a gateway from its configuration |
 //! | [`probe`] | reading one device from the command line |
+//! | [`rtu_master`] | a Modbus RTU master for function 20 and 21 (and broadcasts), framing replies by their length: the flash path over serial lines |
 //! | [`campaign`] | firmware campaigns over a fleet: canaries, waves, a halt threshold, per-node state, audited |
 //! | [`flash`] | `tianzhong flash`: a signed image to one node over Modbus file records, resumable, with progress |
 //! | [`firmware_cli`] | `tianzhong firmware`: signing keys, signing and inspecting node firmware images |
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
 pub mod probe;
+pub mod rtu_master;
 pub mod sinks;
 pub mod sources;
 pub mod thresholds;

@@ -10,6 +10,7 @@
 //! | [`clock`] | simulated time and its mapping to real time |
 //! | [`signal`] | signal models: constant, diurnal, random walk, noise, drift, steps, ramps, CSV replay |
 //! | [`node`] | a virtual node: the firmware core, simulated hardware, the real drivers |
+//! | [`rtu_line`] | a Modbus RTU line on a virtual clock, 11 bits per character both ways, to nodes running the real RTU slave and update files |
 //! | [`fleet`] | the fleet: every node of a scenario, stepped through simulated time |
 //! | [`fault`] | faults by node or bus, scheduled or switched at run time |
 //! | [`spec`] | a checked fleet description: buses, nodes, faults |
@@ -25,6 +26,7 @@ pub mod control;
 pub mod fault;
 pub mod fleet;
 pub mod node;
+pub mod rtu_line;
 pub mod scenario;
 pub mod signal;
 pub mod spec;
