@@ -131,3 +131,80 @@ async fn a_stream_that_makes_no_progress_falls_back_to_chunk_writes() {
     assert_eq!(m.line.nodes[0].status()[0], 2);
     assert_eq!(m.line.nodes[0].slot_bytes(1, image.len()), &image[..]);
 }
+
+/// `flash` over a simulated fleet's Modbus RTU bus on a pseudo-terminal: the real serial path
+/// (tokio-serial, the gateway's RTU master in real time) streams to a virtual node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flash_over_a_pty_rtu_bus_streams_to_the_simulated_node() {
+    use std::path::Path;
+    use std::sync::Arc;
+    use tianzhong_gateway::config::{Link, Parity, StopBits};
+    use tianzhong_gateway::flash::flash;
+    use tianzhong_gateway::probe::ProbeTarget;
+    use tianzhong_simulator::clock::SimClock;
+    use tianzhong_simulator::fleet::Fleet;
+    use tianzhong_simulator::{scenario, transport};
+
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("rtu");
+    let toml = format!(
+        r#"
+[scenario]
+name = "flash-rtu"
+seed = 7
+
+[[site]]
+id = "lab"
+name = "Lab bench"
+
+[[bus]]
+name = "line"
+kind = "modbus_rtu"
+link = "{}"
+baud = 115200
+
+[[node]]
+id = "lab-gas-1"
+site = "lab"
+bus = "line"
+unit = 3
+model = "TZ-GD100"
+[[node.channel]]
+quantity = "combustible_gas"
+signal = [{{ kind = "constant", value = 12.5 }}]
+"#,
+        link.display()
+    );
+    let spec = scenario::parse(&toml, Path::new("flash-rtu.toml")).unwrap();
+    let fleet = Arc::new(Fleet::build(&spec, SimClock::new(0, 1.0), true).unwrap());
+    let _transports = transport::start_all(&fleet, 7).await.unwrap();
+    fleet.step_to(1_000);
+    let target = ProbeTarget {
+        link: Link::Rtu {
+            device: link.clone(),
+            baud: 115_200,
+            parity: Parity::None,
+            stop_bits: StopBits::One,
+        },
+        unit: 3,
+        timeout: Duration::from_secs(2),
+        device: None,
+    };
+    let image = sim_image(
+        "TZ-GD100",
+        FirmwareVersion {
+            major: 1,
+            minor: 2,
+            patch: 0,
+        },
+        2,
+        8 * 1024,
+    );
+    let report = flash(&target, &image, |_| ControlFlow::Continue(()))
+        .await
+        .expect("the flash completes");
+    assert!(report.stream_writes > 0, "{report:?}");
+    assert!(!report.fell_back, "the stream made progress: {report:?}");
+    assert_eq!(report.chunk_writes, 0, "{report:?}");
+    println!("over the pty: {report:?}");
+}

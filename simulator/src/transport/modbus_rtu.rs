@@ -551,7 +551,10 @@ impl RtuLine {
     fn broadcast(&self, request: &[u8]) {
         let bus = &*self.nodes.bus;
         self.stats.update(|c| c.broadcasts += 1);
-        if !pdu::parse_request(request).is_ok_and(|r| r.is_write()) {
+        // Function 21 (write file record) is a write too, as in the firmware's slave: how an
+        // image streams to the nodes being updated (file 0xF004).
+        let file_write = request.first() == Some(&0x15);
+        if !file_write && !pdu::parse_request(request).is_ok_and(|r| r.is_write()) {
             debug!(bus, request = %RequestSummary(request), "broadcast that is not a write; ignored");
             return;
         }
