@@ -95,6 +95,8 @@
 //! enabled = true                   #   by default (see the outbox module for the policy when
 //! max_mb = 1024                    #   full); its bound on disk, MiB; default 1024
 //! fsync_interval_ms = 20           # longest a batch waits for its group commit; default 20
+//! min_free_mb = 32                 # space kept free on its filesystem; below it the bound
+//!                                  #   shrinks to what is stored; default max_mb/32, 4..64
 //!
 //! [firmware]                       # fleet campaigns (POST /api/campaigns); optional
 //! trusted_keys = ["fw-signing.key.pub"]  # public key files (`tianzhong firmware keygen`),
@@ -229,6 +231,8 @@ pub struct OutboxSettings {
     pub max_bytes: u64,
     /// Longest a batch waits for its group commit.
     pub fsync_interval: Duration,
+    /// Space kept free on the outbox's filesystem, bytes; `None` for the outbox's default.
+    pub min_free_bytes: Option<u64>,
 }
 
 /// How the ingestion stage behaves.
@@ -521,6 +525,7 @@ struct RawOutbox {
     enabled: Option<bool>,
     max_mb: Option<Spanned<f64>>,
     fsync_interval_ms: Option<Spanned<i64>>,
+    min_free_mb: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -864,6 +869,7 @@ impl Context<'_> {
         let mut settings = OutboxSettings {
             max_bytes: 1 << 30,
             fsync_interval: Duration::from_millis(20),
+            min_free_bytes: None,
         };
         let Some(raw) = raw else {
             return Ok(Some(settings));
@@ -893,6 +899,17 @@ impl Context<'_> {
                 ));
             }
             settings.fsync_interval = Duration::from_millis(v as u64);
+        }
+        if let Some(mb) = &raw.min_free_mb {
+            let v = *mb.get_ref();
+            if !(v.is_finite() && (0.0..=1_048_576.0).contains(&v)) {
+                return Err(self.error(
+                    mb.span(),
+                    "outbox.min_free_mb",
+                    "a size in MiB from 0 to 1048576",
+                ));
+            }
+            settings.min_free_bytes = Some((v * 1_048_576.0) as u64);
         }
         Ok(Some(settings))
     }

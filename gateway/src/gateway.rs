@@ -119,6 +119,7 @@ impl Gateway {
                     OutboxConfig {
                         max_bytes: settings.max_bytes,
                         fsync_interval: settings.fsync_interval,
+                        min_free_bytes: settings.min_free_bytes,
                         sinks: sink_names.iter().map(|s| (*s).to_owned()).collect(),
                         ..OutboxConfig::default()
                     },

@@ -1128,3 +1128,21 @@ fn firmware_keys_and_device_models_are_read_and_checked() {
         "not a hardware model",
     );
 }
+
+#[test]
+fn the_outbox_keeps_the_free_space_it_is_told_to() {
+    let c = parse_ok(&with("\n[outbox]\nmax_mb = 64\nmin_free_mb = 8\n"));
+    let o = c.outbox.expect("outbox on");
+    assert_eq!(o.max_bytes, 64 << 20);
+    assert_eq!(o.min_free_bytes, Some(8 << 20));
+    // Unset: the outbox's own default (1/32 of the bound, 4 to 64 MiB) applies.
+    let c = parse_ok(&with("\n[outbox]\nmax_mb = 64\n"));
+    assert_eq!(c.outbox.expect("outbox on").min_free_bytes, None);
+    let text = with("\n[outbox]\nmin_free_mb = -1\n");
+    assert_fails(
+        &text,
+        "min_free_mb = -1",
+        "outbox.min_free_mb",
+        "a size in MiB from 0 to 1048576",
+    );
+}

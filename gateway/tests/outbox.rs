@@ -587,6 +587,47 @@ async fn a_file_short_of_room_sheds_before_a_commit_fails() {
     assert_eq!(accounted(&stored, &drops), appended);
 }
 
+/// Alarm transitions are not given up while routine readings are stored, even when those
+/// readings cannot go because a sink holds them unconfirmed: the outbox stays over its bound
+/// for that window instead.
+#[tokio::test]
+async fn alarms_are_kept_while_readings_a_sink_holds_remain() {
+    let d = dir("held");
+    let path = d.join("outbox.sqlite");
+    let cfg = OutboxConfig {
+        max_bytes: 64 << 10,
+        ..config(&["s"])
+    };
+    let ob = Outbox::open(&path, cfg.clone()).unwrap();
+    // About 20 KB of readings, handed to the sink and not confirmed.
+    let mut last = None;
+    for b in 0..3 {
+        last = Some(ob.append_readings(&batch(b, 200, 1)).await.unwrap());
+    }
+    ob.durable(last.unwrap()).await.unwrap();
+    let handed = ob.read("s", 100).await.unwrap();
+    assert_eq!(handed.len(), 3);
+    // Then some 100 KB of alarm transitions: over the bound.
+    let node = NodeId::new("gas-1").unwrap();
+    for _ in 0..100 {
+        last = Some(ob.append_alarm(&node, &[7u8; 1000]).await.unwrap());
+    }
+    ob.durable(last.unwrap()).await.unwrap();
+    let drops = ob.drops().await.unwrap();
+    assert!(drops.is_empty(), "{drops:?}");
+    assert!(ob.stats().await.unwrap().bytes > cfg.max_bytes);
+    // Once the sink confirms the readings, the alarms may go (oldest first), counted.
+    ob.ack("s", handed.last().unwrap().id).await.unwrap();
+    let t = ob.append_alarm(&node, &[7u8; 1000]).await.unwrap();
+    ob.durable(t).await.unwrap();
+    let drops = ob.drops().await.unwrap();
+    assert_eq!(drops.len(), 1, "{drops:?}");
+    assert_eq!(drops[0].reason, DropReason::FullAlarm);
+    assert!(ob.stats().await.unwrap().bytes <= cfg.max_bytes);
+    ob.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(d);
+}
+
 const CHILD_ENV: &str = "TZ_OUTBOX_CRASH_CHILD";
 
 /// Not a test on its own: the writer the crash test runs as a child and kills.

@@ -467,7 +467,13 @@ async fn policy_drill(strict: bool) -> anyhow::Result<()> {
     let (mut mismatches, mut uncounted, mut over) = (Vec::new(), Vec::new(), 0u64);
     for (node, &p) in &o.produced {
         let d = o.delivered.get(node).copied().unwrap_or(0);
-        let x: u64 = o.dropped.get(node).map_or(0, |r| r.values().sum());
+        // Readings only: a dropped alarm transition or status change is no reading.
+        let x: u64 = o.dropped.get(node).map_or(0, |r| {
+            r.iter()
+                .filter(|(k, _)| !matches!(k, DropReason::FullAlarm | DropReason::FullStatus))
+                .map(|(_, v)| v)
+                .sum()
+        });
         if p != d + x {
             mismatches.push(format!(
                 "{node}: produced {p} != delivered {d} + dropped {x} ({:?})",
@@ -765,7 +771,13 @@ async fn a_disk_that_fills_before_the_bound_is_survived() -> anyhow::Result<()> 
     let mut lost = Vec::new();
     for (node, &p) in &o.produced {
         let d = o.delivered.get(node).copied().unwrap_or(0);
-        let x: u64 = o.dropped.get(node).map_or(0, |r| r.values().sum());
+        // Readings only: a dropped alarm transition or status change is no reading.
+        let x: u64 = o.dropped.get(node).map_or(0, |r| {
+            r.iter()
+                .filter(|(k, _)| !matches!(k, DropReason::FullAlarm | DropReason::FullStatus))
+                .map(|(_, v)| v)
+                .sum()
+        });
         if p != d + x {
             lost.push(format!(
                 "{node}: {p} published, {d} written + {x} counted as dropped"
@@ -788,6 +800,15 @@ async fn a_disk_that_fills_before_the_bound_is_survived() -> anyhow::Result<()> 
     );
     println!("run time {:.1} s", started.elapsed().as_secs_f64());
 
+    let alarms_dropped: u64 = o
+        .dropped
+        .values()
+        .filter_map(|r| r.get(&DropReason::FullAlarm))
+        .sum();
+    ensure!(
+        alarms_dropped == 0,
+        "{alarms_dropped} alarm transitions given up while routine readings were stored"
+    );
     ensure!(
         short,
         "the outbox never lowered its bound as the filesystem ran short:\n{}",

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::{ApiError, ApiState, authorise, body, refuse};
-use crate::auth::Role;
+use crate::auth::{Principal, Role};
 use crate::campaign::plan::NewCampaign;
 use crate::campaign::state::Threshold;
 use crate::campaign::{CampaignError, Campaigns};
@@ -67,37 +67,45 @@ fn counted<T: serde::de::DeserializeOwned>(
     body(payload).inspect_err(|_| c.count_bad_request())
 }
 
+/// The start of every campaign route: an engineer (or admin), and the gateway's campaigns.
+fn engineer<'a>(
+    s: &'a ApiState,
+    headers: &HeaderMap,
+) -> Result<(Principal, &'a Campaigns), ApiError> {
+    let who = authorise(s, headers, Role::Engineer)?;
+    Ok((who, campaigns(s)?))
+}
+
+/// A handler's outcome: a refusal on the way is the response.
+fn reply(r: Result<Response, ApiError>) -> Response {
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// What a campaign operation returned, as a response with `ok`'s status.
+fn outcome<T: serde::Serialize>(ok: StatusCode, r: Result<T, CampaignError>) -> Response {
+    match r {
+        Ok(v) => (ok, axum::Json(v)).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
 /// `POST /api/campaigns`.
 pub(super) async fn create(
     State(s): State<ApiState>,
     headers: HeaderMap,
     payload: Result<axum::Json<NewCampaign>, JsonRejection>,
 ) -> Response {
-    let who = match authorise(&s, &headers, Role::Engineer) {
-        Ok(w) => w,
-        Err(r) => return r.into_response(),
-    };
-    let c = match campaigns(&s) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let req = match counted(c, payload) {
-        Ok(r) => r,
-        Err(r) => return r.into_response(),
-    };
-    match c.create(&who, req) {
-        Ok(v) => (StatusCode::CREATED, axum::Json(v)).into_response(),
-        Err(e) => refused(e),
-    }
+    reply((|| {
+        let (who, c) = engineer(&s, &headers)?;
+        let req = counted(c, payload)?;
+        Ok(outcome(StatusCode::CREATED, c.create(&who, req)))
+    })())
 }
 
 /// `GET /api/campaigns`: summaries, newest first (nodes left out), and refused requests.
 pub(super) async fn list(State(s): State<ApiState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorise(&s, &headers, Role::Engineer) {
-        return r.into_response();
-    }
-    let c = match campaigns(&s) {
-        Ok(c) => c,
+    let c = match engineer(&s, &headers) {
+        Ok((_, c)) => c,
         Err(r) => return r.into_response(),
     };
     let list: Vec<serde_json::Value> = c
@@ -130,21 +138,11 @@ pub(super) async fn one(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorise(&s, &headers, Role::Engineer) {
-        return r.into_response();
-    }
-    let c = match campaigns(&s) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let id = match campaign_id(&id, c) {
-        Ok(i) => i,
-        Err(r) => return r.into_response(),
-    };
-    match c.get(id) {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => refused(e),
-    }
+    reply((|| {
+        let (_, c) = engineer(&s, &headers)?;
+        let id = campaign_id(&id, c)?;
+        Ok(outcome(StatusCode::OK, c.get(id)))
+    })())
 }
 
 /// `GET /api/campaigns/{id}/audit`: the campaign's audit trail, oldest first.
@@ -153,27 +151,20 @@ pub(super) async fn audit(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorise(&s, &headers, Role::Engineer) {
-        return r.into_response();
-    }
-    let c = match campaigns(&s) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let id = match campaign_id(&id, c) {
-        Ok(i) => i,
-        Err(r) => return r.into_response(),
-    };
-    match c.audit(id) {
-        Ok(rows) => axum::Json(json!({
-            "audit": rows.into_iter().map(|e| json!({
-                "at": e.at_ms, "user": e.user, "action": e.action, "target": e.target,
-                "old": e.old, "new": e.new, "reason": e.reason
-            })).collect::<Vec<_>>()
-        }))
-        .into_response(),
-        Err(e) => refused(e),
-    }
+    reply((|| {
+        let (_, c) = engineer(&s, &headers)?;
+        let id = campaign_id(&id, c)?;
+        Ok(match c.audit(id) {
+            Ok(rows) => axum::Json(json!({
+                "audit": rows.into_iter().map(|e| json!({
+                    "at": e.at_ms, "user": e.user, "action": e.action, "target": e.target,
+                    "old": e.old, "new": e.new, "reason": e.reason
+                })).collect::<Vec<_>>()
+            }))
+            .into_response(),
+            Err(e) => refused(e),
+        })
+    })())
 }
 
 /// `POST /api/campaigns/{id}/halt`.
@@ -183,26 +174,12 @@ pub(super) async fn halt(
     Path(id): Path<String>,
     payload: Result<axum::Json<Halt>, JsonRejection>,
 ) -> Response {
-    let who = match authorise(&s, &headers, Role::Engineer) {
-        Ok(w) => w,
-        Err(r) => return r.into_response(),
-    };
-    let c = match campaigns(&s) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let id = match campaign_id(&id, c) {
-        Ok(i) => i,
-        Err(r) => return r.into_response(),
-    };
-    let h = match counted(c, payload) {
-        Ok(h) => h,
-        Err(r) => return r.into_response(),
-    };
-    match c.halt(&who, id, &h.reason) {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => refused(e),
-    }
+    reply((|| {
+        let (who, c) = engineer(&s, &headers)?;
+        let id = campaign_id(&id, c)?;
+        let h = counted(c, payload)?;
+        Ok(outcome(StatusCode::OK, c.halt(&who, id, &h.reason)))
+    })())
 }
 
 /// `POST /api/campaigns/{id}/resume`.
@@ -212,29 +189,18 @@ pub(super) async fn resume(
     Path(id): Path<String>,
     payload: Result<axum::Json<Resume>, JsonRejection>,
 ) -> Response {
-    let who = match authorise(&s, &headers, Role::Engineer) {
-        Ok(w) => w,
-        Err(r) => return r.into_response(),
-    };
-    let c = match campaigns(&s) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let id = match campaign_id(&id, c) {
-        Ok(i) => i,
-        Err(r) => return r.into_response(),
-    };
-    let r = match counted(c, payload) {
-        Ok(r) => r,
-        Err(r) => return r.into_response(),
-    };
-    let threshold =
-        (r.max_failures.is_some() || r.max_failure_ratio.is_some()).then_some(Threshold {
-            max_failures: r.max_failures,
-            max_failure_ratio: r.max_failure_ratio,
-        });
-    match c.resume(&who, id, &r.reason, threshold) {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => refused(e),
-    }
+    reply((|| {
+        let (who, c) = engineer(&s, &headers)?;
+        let id = campaign_id(&id, c)?;
+        let r = counted(c, payload)?;
+        let threshold =
+            (r.max_failures.is_some() || r.max_failure_ratio.is_some()).then_some(Threshold {
+                max_failures: r.max_failures,
+                max_failure_ratio: r.max_failure_ratio,
+            });
+        Ok(outcome(
+            StatusCode::OK,
+            c.resume(&who, id, &r.reason, threshold),
+        ))
+    })())
 }

@@ -125,7 +125,7 @@
 //! | 0 | batches every sink confirmed | purged at once | (not a drop) |
 //! | 1 | routine readings, oldest first | **downsampled once**: across each 4 MiB window of the oldest not-yet-downsampled reading batches, of each (node, channel)'s readings in time order the 1st, (k+1)th, (2k+1)th… are kept (`k` = `downsample_keep_one_in`, default 2: every 2nd) | [`DropReason::Downsampled`] |
 //! | 2 | routine readings, oldest first | whole batches dropped (already downsampled ones first, being oldest) | [`DropReason::Full`] |
-//! | 3 | node status changes, oldest first | only when no routine reading is left | [`DropReason::FullStatus`] |
+//! | 3 | node status changes, oldest first | only when no routine reading is left (not even one a sink holds unconfirmed: the outbox stays over its bound for that window instead) | [`DropReason::FullStatus`] |
 //! | 4 | alarm transitions, oldest first | only when nothing else is left | [`DropReason::FullAlarm`] |
 //!
 //! Batches a sink has been handed and not yet confirmed — read ahead by its feeder, or in

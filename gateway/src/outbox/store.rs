@@ -937,12 +937,23 @@ impl Acct {
             self.downsample(tx, chunk, keep)?;
             self.frontier = last;
         }
-        // 2. Drop routine readings, then 3. alarms, oldest first.
+        // 2. Drop routine readings, then 3. status changes, then 4. alarms, oldest first.
         for (kind, reason) in [
             (codec::KIND_READINGS, DropReason::Full),
             (codec::KIND_STATUS, DropReason::FullStatus),
             (codec::KIND_ALARM, DropReason::FullAlarm),
         ] {
+            // Status changes and alarm transitions go only once no routine reading is left at
+            // all — not even one a sink holds unconfirmed (which cannot be shed): better over
+            // the bound for a sink's window than an alarm given up before a routine reading.
+            if kind != codec::KIND_READINGS && self.bytes > low {
+                let readings_left: bool = tx
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM batch WHERE kind = ?1)")?
+                    .query_row([codec::KIND_READINGS], |r| r.get(0))?;
+                if readings_left {
+                    break;
+                }
+            }
             while self.bytes > low {
                 let chunk = self.chunk(tx, kind, None, held)?;
                 if chunk.is_empty() {
