@@ -203,6 +203,38 @@ async fn watch(
     }
 }
 
+/// A drill's gateway: its directory (data, configuration and log inside), the HTTP address
+/// it serves metrics on, and its configuration for `sim`'s fleet — MQTT source `broker`,
+/// VictoriaMetrics `vm`, upstream `upstream` under `prefix`, the outbox on — written to disk.
+fn gateway_files(
+    name: &str,
+    sim: &SimFleet,
+    broker: SocketAddr,
+    vm: &VictoriaMetrics,
+    upstream: SocketAddr,
+    prefix: &str,
+) -> anyhow::Result<(TempDir, SocketAddr, std::path::PathBuf, std::path::PathBuf)> {
+    let dir = TempDir::new(name)?;
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let settings = GatewaySettings {
+        mqtt_source: Some(broker),
+        influxdb: Some(vm.url()),
+        upstream: Some((upstream, prefix.to_owned())),
+        ..GatewaySettings::new(&dir.path().join("data"))
+    };
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        drill::gateway_config(
+            &sim.gateway_toml(&settings),
+            http,
+            "[outbox]\nenabled = true\n",
+        ),
+    )?;
+    let log = dir.path().join("gateway.log");
+    Ok((dir, http, config, log))
+}
+
 /// Builds (or finds) the gateway binary off the runtime's threads.
 async fn binary() -> anyhow::Result<std::path::PathBuf> {
     tokio::task::spawn_blocking(drill::gateway_binary).await?
@@ -273,24 +305,15 @@ async fn sigkilled_ten_times_under_1000_nodes_the_gateway_loses_and_duplicates_n
     );
     let collector = Collector::start(upstream.addr(), &format!("{PREFIX}/#")).await?;
 
-    let dir = TempDir::new("tz-drill-kill")?;
-    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let settings = GatewaySettings {
-        mqtt_source: Some(broker.addr()),
-        influxdb: Some(vm.url()),
-        upstream: Some((upstream.addr(), PREFIX.to_owned())),
-        ..GatewaySettings::new(&dir.path().join("data"))
-    };
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(
-        &config,
-        drill::gateway_config(
-            &sim.gateway_toml(&settings),
-            http,
-            "[outbox]\nenabled = true\n",
-        ),
+    // `_dir` holds the directory until the drill ends.
+    let (_dir, http, config, log) = gateway_files(
+        "tz-drill-kill",
+        &sim,
+        broker.addr(),
+        &vm,
+        upstream.addr(),
+        PREFIX,
     )?;
-    let log = dir.path().join("gateway.log");
     let setup_s = started.elapsed().as_secs_f64();
 
     // Run 0 starts the drill: once it forwards, its subscription is in place and every message
@@ -552,24 +575,15 @@ async fn the_upstream_broker_stopped_and_restarted_gets_every_reading_once_and_v
     )
     .await?;
 
-    let dir = TempDir::new("tz-drill-upstream")?;
-    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let settings = GatewaySettings {
-        mqtt_source: Some(broker.addr()),
-        influxdb: Some(vm.url()),
-        upstream: Some((upstream.addr(), PREFIX.to_owned())),
-        ..GatewaySettings::new(&dir.path().join("data"))
-    };
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(
-        &config,
-        drill::gateway_config(
-            &sim.gateway_toml(&settings),
-            http,
-            "[outbox]\nenabled = true\n",
-        ),
+    // `_dir` holds the directory until the drill ends.
+    let (_dir, http, config, log) = gateway_files(
+        "tz-drill-upstream",
+        &sim,
+        broker.addr(),
+        &vm,
+        upstream.addr(),
+        PREFIX,
     )?;
-    let log = dir.path().join("gateway.log");
     let mut gw = GatewayProcess::spawn(&bin, &config, &log, http, "drill")?;
     let mut life = Life::default();
     watch(&mut gw, &mut life, None, &log, |l| {

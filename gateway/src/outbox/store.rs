@@ -157,6 +157,8 @@ pub(super) struct Store {
     inflight: Arc<std::sync::atomic::AtomicUsize>,
     recycler: Arc<Recycler>,
     space: Space,
+    /// The database's page size, bytes (fixed once the file exists).
+    page_size: u64,
     /// The newest batch each sink has been handed by a read. Between its cursor and this,
     /// a sink holds batches it may yet write: the bound never sheds those, or a reading
     /// would be both written and counted as dropped.
@@ -272,6 +274,7 @@ impl Store {
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)
                  WITHOUT ROWID;",
         )?;
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let max_id: i64 =
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM batch", [], |r| r.get(0))?;
         let next_id = (meta(&conn, "next_id")?.unwrap_or(1).max(max_id + 1)) as u64;
@@ -332,6 +335,7 @@ impl Store {
             inflight,
             recycler,
             handed: HashMap::new(),
+            page_size: page_size as u64,
             space: Space {
                 dir: path
                     .parent()
@@ -626,7 +630,7 @@ impl Store {
 
     fn stats(&self) -> Result<OutboxStats, Error> {
         let page_count: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-        let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let page_size = self.page_size as i64;
         let free: i64 = self
             .conn
             .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
@@ -677,11 +681,7 @@ impl Store {
                 .conn
                 .query_row("PRAGMA page_count", [], |r| r.get(0))
                 .ok()?;
-            let size: i64 = self
-                .conn
-                .query_row("PRAGMA page_size", [], |r| r.get(0))
-                .ok()?;
-            Some((max as u64).saturating_sub(pages as u64) * size as u64)
+            Some((max as u64).saturating_sub(pages as u64) * self.page_size)
         });
         match (fs, limit) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -695,11 +695,7 @@ impl Store {
             .conn
             .query_row("PRAGMA freelist_count", [], |r| r.get(0))
             .unwrap_or(0);
-        let size: i64 = self
-            .conn
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .unwrap_or(4096);
-        ((free * size) as f64 / FILE_PER_ACCOUNTED) as u64
+        ((free as u64 * self.page_size) as f64 / FILE_PER_ACCOUNTED) as u64
     }
 
     /// Looks at the free space (at most every [`SPACE_CHECK`]) and sets the bound: below
