@@ -559,6 +559,7 @@ function onAlarm(ev) {
       level: ev.level,
       side: ev.side ?? null,
       shelved_until: ev.until ?? null,
+      changed_ms: ev.at ?? null,
     });
   }
   recomputeLevels();
@@ -896,7 +897,15 @@ function alarmTable(list, testid) {
             a.shelved_until ? h('div', { class: 'muted', text: t('alarms.shelved_until', { t: fmtTime(a.shelved_until) }) }) : null,
           ),
           h('td', { class: 'num', text: `${fmtNumber(value)} ${(c && c.unit) || ''}` }),
-          h('td', {}, live && live.at ? age(live.at) : t('common.none')),
+          h(
+            'td',
+            {},
+            // What the stream brought, else when the gateway says the alarm last changed (a
+            // list opened after the fact has seen none of its transitions live).
+            (live && live.at) || a.changed_ms
+              ? age((live && live.at) || a.changed_ms, `alarm-changed-${idPart(a.node, a.ch, a.condition)}`)
+              : t('common.none'),
+          ),
           h('td', { class: 'actions' }, actionButton('ack', a), actionButton('shelve', a)),
         );
       }),

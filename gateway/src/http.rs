@@ -440,6 +440,7 @@ fn alarm_item(k: &AlarmKey, st: &crate::alarm::AlarmStatus) -> serde_json::Value
         "condition_level": st.condition_level.key(),
         "side": st.side.map(|x| x.to_string()),
         "shelved_until": st.shelved_until_ms,
+        "changed_ms": st.changed_ms,
     })
 }
 

@@ -171,6 +171,7 @@ fn apply(e: &mut AlarmEngine, step: &Step) -> Vec<Tr> {
                 .is_some_and(|x| std::ptr::eq(x, tr))
             {
                 assert_eq!((status.state, status.level), (tr.to, tr.level), "{tr:?}");
+                assert_eq!(status.changed_ms, Some(tr.at_ms), "{tr:?}");
             }
         }
     }

@@ -745,6 +745,12 @@ async fn operators_see_and_acknowledge_a_live_alarm_engineers_edit_thresholds_vi
         why.contains("operator") && why.contains("viewer"),
         "the tooltip says why: {why:?}"
     );
+    // Raised before the viewer signed in, so never seen live: the list still says when.
+    let changed = format!("alarm-changed-{}", id_part(&[SECOND, "0", "threshold"]));
+    page.text_where(&changed, "when the alarm was raised", |t| {
+        t.ends_with(" s ago") || t.ends_with(" min ago")
+    })
+    .await;
     page.shot("viewer-alarms").await;
     let (status, body) = api
         .call(

@@ -244,13 +244,21 @@ async fn rules_change_at_run_time_and_bad_requests_change_nothing() {
     assert_eq!(n["level"], "normal");
 
     // 30 %LEL is above the shipped yellow set point (25, GB/T 50493-2019) and below red (50).
+    let before_raise = unix_ms();
     send(30.0).await;
     let alarms = api
         .wait_for("/api/alarms", &view, "a yellow alarm", |v| {
             alarm(v).is_some_and(|a| a["level"] == "yellow")
         })
         .await;
+    let listed_at = unix_ms();
     assert_eq!(alarm(&alarms).unwrap()["state"], "active_unacked");
+    // A client that opens the list after the fact still learns when the alarm was raised.
+    let raised_ms = alarm(&alarms).unwrap()["changed_ms"].as_u64();
+    assert!(
+        raised_ms.is_some_and(|t| (before_raise..=listed_at).contains(&t)),
+        "changed_ms {raised_ms:?} outside the raise window {before_raise}..={listed_at}: {alarms}"
+    );
     let (status, v) = api
         .call(
             "POST",

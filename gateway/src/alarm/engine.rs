@@ -180,7 +180,8 @@ impl ChannelState {
                 && slot.shelved_until.is_some_and(|until| ctx.now >= until)
             {
                 let key = AlarmKey::new(ctx.node.clone(), ctx.channel, c);
-                ctx.emit(out, c, slot.unshelve(&key, None).ok());
+                let change = slot.unshelve(&key, None).ok();
+                ctx.emit(out, c, slot.stamped(ctx.now, change));
             }
         }
     }
@@ -195,7 +196,8 @@ impl ChannelState {
         out: &mut impl Sink,
     ) {
         if let Some(slot) = &mut self.slots[c.index()] {
-            ctx.emit(out, c, slot.set_condition(cond, latching));
+            let change = slot.set_condition(cond, latching);
+            ctx.emit(out, c, slot.stamped(ctx.now, change));
         }
     }
 
@@ -211,7 +213,8 @@ impl ChannelState {
         if let Some(slot) = &mut self.slots[c.index()]
             && let Some(cond) = slot.debounce(raw, ctx.now, rule.on_delay_ms, rule.off_delay_ms)
         {
-            ctx.emit(out, c, slot.set_condition(cond, rule.latching));
+            let change = slot.set_condition(cond, rule.latching);
+            ctx.emit(out, c, slot.stamped(ctx.now, change));
         }
     }
 
@@ -242,7 +245,8 @@ impl ChannelState {
                 && slot.pending.is_some()
                 && let Some(cond) = slot.due(ctx.now, rule.on_delay_ms, rule.off_delay_ms)
             {
-                ctx.emit(out, c, slot.set_condition(cond, rule.latching));
+                let change = slot.set_condition(cond, rule.latching);
+                ctx.emit(out, c, slot.stamped(ctx.now, change));
             }
         }
         if let Some(after) = rules.stale_after_ms(rule, ctx.node)
@@ -467,6 +471,7 @@ impl AlarmEngine {
             .as_mut()
             .ok_or_else(unknown)?;
         let change = f(slot, key)?;
+        slot.changed_ms = Some(now_ms);
         let ctx = Ctx {
             node: &key.node,
             channel: key.channel,

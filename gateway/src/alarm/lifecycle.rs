@@ -256,6 +256,9 @@ pub struct AlarmStatus {
     pub condition_level: AlarmLevel,
     /// When shelving ends.
     pub shelved_until_ms: Option<u64>,
+    /// When the alarm last changed (its latest transition), if it ever did: what an operator
+    /// opening the console after the fact needs, where the live stream only shows new ones.
+    pub changed_ms: Option<u64>,
 }
 
 /// An operator action, for error messages.
@@ -366,6 +369,8 @@ pub(crate) struct Slot {
     latched: bool,
     pub shelved_until: Option<u64>,
     oos: bool,
+    /// Time of the latest transition.
+    pub changed_ms: Option<u64>,
 }
 
 impl Slot {
@@ -407,7 +412,16 @@ impl Slot {
             side: self.side,
             condition_level: self.cond.level,
             shelved_until_ms: self.shelved_until,
+            changed_ms: self.changed_ms,
         }
+    }
+
+    /// Notes `change`, if any, as this alarm's latest transition at `now`.
+    pub fn stamped(&mut self, now: u64, change: Option<Change>) -> Option<Change> {
+        if change.is_some() {
+            self.changed_ms = Some(now);
+        }
+        change
     }
 
     fn suppressed(&self) -> bool {
