@@ -195,7 +195,9 @@ impl NorFlash for RamNorFlash {
     const ERASE_SIZE: usize = 128 * 1024;
 
     fn erase(&mut self, from: u32, to: u32) -> Result<(), RamFlashError> {
-        if from as usize % Self::ERASE_SIZE != 0 || to as usize % Self::ERASE_SIZE != 0 {
+        if !(from as usize).is_multiple_of(Self::ERASE_SIZE)
+            || !(to as usize).is_multiple_of(Self::ERASE_SIZE)
+        {
             return Err(RamFlashError(NorFlashErrorKind::NotAligned));
         }
         let r = self.range(from, to.saturating_sub(from) as usize)?;

@@ -73,9 +73,10 @@ fn trust() -> Trust {
 
 const POLICY: BootPolicy = BootPolicy { max_attempts: 3 };
 
-/// What the bootloader decides on this flash, computed on the host with the same code.
-fn host_decision(flash: &mut FlashImage) -> Result<BootDecision, boot::BootError> {
-    boot::decide(flash.flash(), &LAYOUT, &trust(), POLICY)
+/// What the bootloader decides on this flash, computed on the host with the same code (`None`:
+/// no valid image).
+fn host_decision(flash: &mut FlashImage) -> Option<BootDecision> {
+    boot::decide(flash.flash(), &LAYOUT, &trust(), POLICY).ok()
 }
 
 /// The version the node reports in its identity block.
@@ -96,7 +97,7 @@ async fn reported_version(stream: TcpStream) -> FirmwareVersion {
 
 /// Boots `flash`, checks the bootloader's line and the version the application reports.
 async fn boots(flash: &mut FlashImage, slot: Slot, line: &str, version: FirmwareVersion) {
-    let host = host_decision(flash).expect("the host decides to boot");
+    let host = host_decision(flash).expect("the host decides to boot a slot");
     assert_eq!(host.slot, slot, "host decision {host:?}");
     let (_qemu, stream, serial) = qemu::boot_to_ready(flash).await;
     assert!(
@@ -239,7 +240,7 @@ async fn with_no_valid_image_the_bootloader_does_not_jump() {
     flash
         .put(Slot::A, &images.a)
         .flip(Slot::A, u32::from(qemu::HEADER_LEN) + 4);
-    assert!(host_decision(&mut flash).is_err());
+    assert!(host_decision(&mut flash).is_none());
     let (_qemu, mut stream) = qemu::power_up(&flash).await;
     let serial = read_until(
         &mut stream,
