@@ -7,8 +7,9 @@
 //! QEMU models the flash as ROM: the QEMU bootloader decides without recording the boot
 //! attempt, and the application cannot write its confirm. What is checked here is the
 //! decision, the verification from flash, the hand-off (VTOR, stack, reset vector) and the
-//! version the running image reports; the attempt counting itself is tested on host flash in
-//! the firmware crate and, by its records, in `reverts_after_n_unconfirmed_attempts` below.
+//! version the running image reports, and that an unconfirmed trial resets the node at its time
+//! limit (3 s in the QEMU variant); the attempt counting itself is tested on host flash in the
+//! firmware crate and, by its records, in `reverts_after_n_unconfirmed_attempts` below.
 //!
 //! Needs `qemu-system-arm`, `arm-none-eabi-objcopy` and the `thumbv7em-none-eabihf` target.
 
@@ -143,6 +144,34 @@ async fn boots_a_staged_image_on_trial() {
         .put(Slot::B, &images.b)
         .stage(Slot::B);
     boots(&mut flash, Slot::B, "trial attempt 1", V1_1_0).await;
+}
+
+#[tokio::test]
+async fn a_trial_not_confirmed_within_the_time_limit_resets_the_node() {
+    let images = images();
+    let mut flash = FlashImage::with_bootloader(&images.bootloader);
+    flash
+        .put(Slot::A, &images.a)
+        .put(Slot::B, &images.b)
+        .stage(Slot::B);
+    let (_qemu, mut stream, serial) = qemu::boot_to_ready(&flash).await;
+    assert!(serial.contains("TIANZHONG BOOT slot B trial attempt 1"));
+    let started = Instant::now();
+    // The QEMU application cannot write its confirm (ROM), so its trial runs out: 3 s there
+    // (300 s on the board). The reset brings the bootloader back, which decides again.
+    let again = read_until(
+        &mut stream,
+        b"TIANZHONG BOOT slot B trial attempt 1",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_or_else(|s| panic!("no reset within 10 s; serial: {s:?}"));
+    let after = started.elapsed();
+    eprintln!(
+        "trial reset {} ms after the ready marker",
+        after.as_millis()
+    );
+    assert!(after >= Duration::from_millis(2500), "{after:?}: {again:?}");
 }
 
 #[tokio::test]
