@@ -14,7 +14,7 @@
 //! | step | what | on failure |
 //! |---|---|---|
 //! | 1 | read the boot state (sectors 5–6) | a flash error: halt |
-//! | 2 | [`boot::boot`]: verify the slots the state names — header, hardware, security counter, SHA-256, ed25519 signature, all from flash — and pick one by the decision table in [`tianzhong_firmware::update::boot`]; a trial boot is recorded as one more attempt *before* the jump | neither slot valid: halt |
+//! | 2 | [`boot::boot`]: verify the slots the state names — header, hardware, security counter, SHA-256, ed25519 signature, all from flash — and pick one by the decision table in [`tianzhong_firmware::update::boot`]; a trial boot is recorded as one more attempt *before* the jump | neither slot valid, or the attempt record cannot be written (a trial that cannot be counted is not run): halt |
 //! | 3 | [`handoff::entry`]: the chosen payload's vector table is 512-byte aligned, its stack pointer in RAM, its reset vector in the payload (an image linked for the other slot fails here) | a trial image: reset (the attempt is counted, so after N the state reverts); the confirmed image: halt |
 //! | 4 | VTOR := the payload's address, MSP := its first word, branch to its second | — |
 //!
