@@ -26,6 +26,9 @@ use link::{DriverEnable, Link};
 
 /// What the main loop needs from a board.
 pub trait Board {
+    /// The flash holding the boot state and the firmware slots, offsets from its start.
+    type UpdateFlash: NorFlash;
+
     /// Why and how often the MCU has reset.
     fn boot_info(&self) -> BootInfo;
     /// The configuration stored in flash, if a valid copy exists.
@@ -38,9 +41,7 @@ pub trait Board {
     fn feed_watchdog(&mut self);
     /// Persists the configuration; false when the flash write failed.
     fn save_config(&mut self, config: &NodeConfig) -> bool;
-    /// The flash holding the boot state and the firmware slots, offsets from its start.
-    type UpdateFlash: NorFlash;
-    /// That flash.
+    /// The flash holding the boot state and the firmware slots.
     fn update_flash(&mut self) -> &mut Self::UpdateFlash;
 }
 
