@@ -24,6 +24,10 @@
 //! also prints each decision on USART1 (`TIANZHONG BOOT …`); the hardware variant prints
 //! nothing, because USART1 is the RS-485 Modbus line.
 //!
+//! The bootloader runs on the reset clock (16 MHz HSI) and leaves the clock tree to the
+//! application. Verifying one slot takes about 3.8 million instructions (counted under QEMU),
+//! so roughly 0.3 s per verified slot on the board.
+//!
 //! # Differences of the QEMU variant
 //!
 //! QEMU models the STM32F405's flash as ROM, so the QEMU bootloader calls
