@@ -231,6 +231,8 @@ pub struct VirtualNode {
     truth: Option<GroundTruth>,
     /// Update flash and receiver, made on the first file-record request.
     update: Option<Box<NodeUpdate>>,
+    /// Simulated time of the last boot: when an image on trial started its time limit.
+    booted_at: SimMs,
 }
 
 const CONFIG_SLOTS: ConfigSlots = ConfigSlots { a: 0, b: 1024 };
@@ -392,6 +394,7 @@ impl VirtualNode {
             identity,
             quantities,
             boots: 0,
+            booted_at: 0,
             truth: None,
             update: None,
         })
@@ -487,6 +490,16 @@ impl VirtualNode {
         if actions.reboot {
             self.reboot(t);
         }
+        // An image on trial that no health poll reached within its limit resets the node.
+        let booted_at = self.booted_at;
+        if let Some(update) = self
+            .update
+            .as_mut()
+            .filter(|u| u.trial_out_of_time(booted_at, t))
+        {
+            self.identity.firmware = update.reset().header.version;
+            self.reboot(t);
+        }
     }
 
     /// Restarts the core from its stored configuration, as a reset would.
@@ -498,6 +511,7 @@ impl VirtualNode {
             loaded
         });
         self.boots = self.boots.saturating_add(1);
+        self.booted_at = t;
         let boot = BootInfo {
             reset_reason: ResetReason::Software,
             reset_count: self.boots,

@@ -23,6 +23,7 @@ pub use tianzhong_firmware::update::BootKind;
 use tianzhong_firmware::update::boot::{self, BootDecision};
 use tianzhong_firmware::update::modbus_files::{UpdateFiles, phase};
 use tianzhong_firmware::update::{BootPolicy, FlashLayout, Trust, UpdateReceiver};
+use tianzhong_firmware::update::{TrialLimit, TrialStep, TrialWatch};
 use tianzhong_protocol::image::signature;
 use tianzhong_protocol::image::{HardwareId, ImageFile, ImageHeader};
 use tianzhong_protocol::registers::profile::FirmwareVersion;
@@ -49,6 +50,10 @@ pub const SIM_HARDWARE_REVISION: u16 = 1;
 
 /// Trial boots before a virtual node reverts an unconfirmed image.
 pub const SIM_POLICY: BootPolicy = BootPolicy { max_attempts: 3 };
+
+/// How long, in simulated time, an image on trial runs before a virtual node that was not
+/// polled resets, as the board firmware does ([`tianzhong_firmware::update::trial`]).
+pub const SIM_TRIAL_LIMIT: TrialLimit = TrialLimit { seconds: 300 };
 
 /// A signed image of `payload_len` deterministic bytes for `model`, built with the simulator's
 /// key: what tests and the simulator's factory flash use.
@@ -120,6 +125,16 @@ impl NodeUpdate {
     /// The version of the image running.
     pub fn version(&self) -> FirmwareVersion {
         self.running.header.version
+    }
+
+    /// Whether the image on trial, booted at `booted_at_ms`, has gone [`SIM_TRIAL_LIMIT`]
+    /// without its health poll at `now_ms`: the node must reset, which the bootloader counts
+    /// as a failed attempt.
+    pub fn trial_out_of_time(&self, booted_at_ms: u64, now_ms: u64) -> bool {
+        let d = &self.running;
+        matches!(d.kind, BootKind::Trial { .. })
+            && TrialWatch::start(&d.state, d.slot, booted_at_ms, SIM_TRIAL_LIMIT).tick(now_ms)
+                == TrialStep::Reset
     }
 
     /// Arms a power failure at the `k`-th flash write or erase from now.

@@ -183,3 +183,35 @@ fn power_cut_at_every_flash_operation_of_the_transfer() {
     );
     assert_eq!(old + new, total);
 }
+
+#[test]
+fn a_trial_never_polled_resets_at_the_time_limit_and_reverts_after_three_boots() {
+    use tianzhong_simulator::update::SIM_TRIAL_LIMIT;
+    let limit_ms = u64::from(SIM_TRIAL_LIMIT.seconds) * 1000;
+    let mut n = node();
+    let image = sim_image(MODEL, v(1, 1, 0), 2, 4000);
+    update(&mut n, &image).unwrap();
+    // Reset into the new image at simulated 0, on trial. Nobody polls it (a read would
+    // confirm it); only simulated time passes.
+    let kind = |n: &mut VirtualNode| n.firmware_update().running.kind.clone();
+    assert_eq!(kind(&mut n), BootKind::Trial { attempt: 1 });
+    n.advance_to(limit_ms - 1, &[]);
+    assert_eq!(kind(&mut n), BootKind::Trial { attempt: 1 });
+    // At the limit the node resets: the bootloader boots it again as attempt 2, then 3.
+    n.advance_to(limit_ms, &[]);
+    assert_eq!(kind(&mut n), BootKind::Trial { attempt: 2 });
+    assert_eq!(n.running_firmware(), v(1, 1, 0));
+    n.advance_to(2 * limit_ms, &[]);
+    assert_eq!(kind(&mut n), BootKind::Trial { attempt: 3 });
+    // The third unconfirmed boot runs out too: the bootloader reverts to the confirmed image,
+    // which has no limit.
+    n.advance_to(3 * limit_ms, &[]);
+    assert!(
+        matches!(kind(&mut n), BootKind::Reverted { .. }),
+        "{:?}",
+        kind(&mut n)
+    );
+    assert_eq!(n.running_firmware(), v(1, 0, 0));
+    n.advance_to(10 * limit_ms, &[]);
+    assert_eq!(reported_version(&mut n), v(1, 0, 0));
+}

@@ -1,25 +1,20 @@
 //! Firmware in the loop: the STM32F405 board binary (QEMU variant: the same node core and
-//! USART path, simulated sensors) boots under `qemu-system-arm -M netduinoplus2`, and the host
-//! reads and writes its registers over Modbus RTU with tokio-modbus, an independent master.
+//! USART path, simulated sensors) boots under `qemu-system-arm -M netduinoplus2` through its
+//! bootloader, as the signed factory image in slot A, and the host reads and writes its
+//! registers over Modbus RTU with tokio-modbus, an independent master.
 //!
-//! Needs `qemu-system-arm` (Debian package) and the `thumbv7em-none-eabihf` target; the test
-//! builds the firmware itself.
+//! Needs `qemu-system-arm`, `arm-none-eabi-objcopy` (Debian packages) and the
+//! `thumbv7em-none-eabihf` target; the test builds the firmware itself (see
+//! [`tianzhong_tests::qemu`]).
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use tianzhong_protocol::convert::ReferenceConditions;
 use tianzhong_protocol::registers::profile::{self, Identity, Status, StatusFlags};
 use tianzhong_protocol::registers::{DecodeContext, RegisterTable};
 use tianzhong_protocol::{NodeId, Quality, Quantity, Timestamp};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tianzhong_tests::qemu;
 use tokio_modbus::prelude::*;
-
-const BOARD: &str = "firmware/boards/stm32f405";
-const READY: &[u8] = b"TIANZHONG READY\r\n";
 
 /// The channels the board firmware declares, in register order.
 const CHANNELS: [Quantity; 6] = [
@@ -45,99 +40,6 @@ const SIMULATED: [(Quantity, f64, f64); 6] = [
     (Quantity::Rainfall, 0.0, 0.1),
 ];
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-async fn build_firmware() -> PathBuf {
-    let board = workspace_root().join(BOARD);
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--features", "qemu"])
-        .current_dir(&board)
-        // The outer cargo's target settings must not leak into the board's own build.
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
-        .status()
-        .await
-        .expect("run cargo to build the QEMU firmware");
-    assert!(status.success(), "building the QEMU firmware failed");
-    board.join("target/thumbv7em-none-eabihf/release/tianzhong-board-stm32f405")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Qemu {
-    child: Child,
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
-/// Boots the firmware with USART1 on a TCP server socket (nodelay, or QEMU batches each
-/// exchange for ~44 ms) and returns the connected stream after the ready marker.
-async fn boot(elf: &Path) -> (Qemu, TcpStream) {
-    let port = free_port();
-    let child = Command::new("qemu-system-arm")
-        .args([
-            "-M",
-            "netduinoplus2",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-serial",
-        ])
-        .arg(format!("tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on"))
-        .arg("-kernel")
-        .arg(elf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("qemu-system-arm must be installed (Debian package qemu-system-arm)");
-    let qemu = Qemu { child };
-    let mut stream = None;
-    for _ in 0..200 {
-        match TcpStream::connect(("127.0.0.1", port)).await {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    let mut stream = stream.expect("QEMU's serial socket never opened");
-    stream.set_nodelay(true).unwrap();
-    // QEMU drops what the USART receives before the firmware enables it; wait for the marker.
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while !seen.ends_with(READY) {
-            stream
-                .read_exact(&mut byte)
-                .await
-                .expect("serial closed before the ready marker");
-            seen.push(byte[0]);
-        }
-    })
-    .await
-    .expect("no ready marker from the firmware within 30 s");
-    (qemu, stream)
-}
-
 async fn with_timeout<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(10), f)
         .await
@@ -146,8 +48,15 @@ async fn with_timeout<T>(what: &str, f: impl std::future::Future<Output = T>) ->
 
 #[tokio::test]
 async fn qemu_firmware_answers_modbus_rtu_with_identity_and_channel_values() {
-    let elf = build_firmware().await;
-    let (_qemu, stream) = boot(&elf).await;
+    let version = profile::FirmwareVersion {
+        major: 1,
+        minor: 0,
+        patch: 0,
+    };
+    let flash = tokio::task::spawn_blocking(move || qemu::factory_flash(version))
+        .await
+        .unwrap();
+    let (_qemu, stream, _) = qemu::boot_to_ready(&flash).await;
     let mut ctx = tokio_modbus::client::rtu::attach_slave(stream, Slave(1));
 
     // Identity block, decoded with the protocol crate's profile.
@@ -161,6 +70,7 @@ async fn qemu_firmware_answers_modbus_rtu_with_identity_and_channel_values() {
     let identity = Identity::decode(&regs).expect("a Tianzhong profile node");
     assert_eq!(identity.vendor.as_str(), "Tianzhong");
     assert_eq!(identity.model.as_str(), "TZ-NODE-F4-QEMU");
+    assert_eq!(identity.firmware, version, "the signed header's version");
     assert_eq!(usize::from(identity.channels), CHANNELS.len());
 
     // Let every channel be sampled at least once (the slowest samples every 60 s but takes its

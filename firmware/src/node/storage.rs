@@ -78,6 +78,12 @@ impl<F: NorFlash> ConfigStore<F> {
         self.flash
     }
 
+    /// The flash, for the other regions that share it (a board's boot state): the store
+    /// touches only its two slots, so using the rest in between does not disturb it.
+    pub fn flash_mut(&mut self) -> &mut F {
+        &mut self.flash
+    }
+
     fn offset(&self, slot: u8) -> u32 {
         if slot == 0 {
             self.slots.a

@@ -16,9 +16,10 @@
 //! | any | — | invalid | the other slot if valid ([`BootKind::Fallback`]) | — |
 //! | any | — | invalid, other invalid too | nothing: [`BootError::NoValidImage`] | — |
 //!
-//! N is [`BootPolicy::max_attempts`]. A time limit on the trial (the node confirms within T
-//! seconds of boot or resets itself) belongs to the application's watchdog, which turns it into
-//! one more failed attempt.
+//! N is [`BootPolicy::max_attempts`]. The time limit on a trial (the node confirms within T
+//! seconds of boot or resets itself) is the application's, with
+//! [`TrialWatch`](super::trial::TrialWatch): its reset is one more failed attempt here. A hang
+//! the main loop cannot see is the watchdog's, which resets the node just the same.
 
 use core::fmt;
 

@@ -127,6 +127,15 @@ impl FlashLayout {
         self.slots[usize::from(slot.index())]
     }
 
+    /// The slot whose region holds flash offset `offset`, if any: how an application executed
+    /// in place finds the slot it runs from (the address of its own code, less the flash's base).
+    pub fn slot_at(&self, offset: u32) -> Option<Slot> {
+        [Slot::A, Slot::B].into_iter().find(|&s| {
+            let start = self.slot(s);
+            offset >= start && offset - start < self.slot_size
+        })
+    }
+
     /// Checks the layout against a flash of type `F` holding `capacity` bytes.
     pub fn check<F: NorFlash>(&self, capacity: usize) -> Result<(), LayoutError> {
         let erase = F::ERASE_SIZE as u32;
@@ -167,5 +176,27 @@ impl FlashLayout {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_at_finds_the_slot_holding_an_offset() {
+        let layout = FlashLayout {
+            slots: [0x8_0000, 0xA_0000],
+            slot_size: 0x2_0000,
+            state: [0x2_0000, 0x4_0000],
+            transfer: 0x6_0000,
+        };
+        assert_eq!(layout.slot_at(0x8_0000), Some(Slot::A));
+        assert_eq!(layout.slot_at(0x9_FFFF), Some(Slot::A));
+        assert_eq!(layout.slot_at(0xA_0200), Some(Slot::B));
+        assert_eq!(layout.slot_at(0xB_FFFF), Some(Slot::B));
+        for outside in [0, 0x7_FFFF, 0xC_0000, u32::MAX] {
+            assert_eq!(layout.slot_at(outside), None, "{outside:x}");
+        }
     }
 }

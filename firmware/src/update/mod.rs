@@ -19,6 +19,8 @@
 //! | [`transfer`] | the transfer sector: which image is being received, and the last chunk written |
 //! | [`receiver`] | [`UpdateReceiver`]: offer, chunks with CRC, resume, final checks, staging |
 //! | [`boot`] | [`decide`](boot::decide): which slot to boot, as a function of flash contents |
+//! | [`handoff`] | the bootloader's last checks before it jumps: the chosen image's vector table fits its slot |
+//! | [`trial`] | the trial's time limit: confirm on the gateway's health poll, or reset when the limit passes |
 //! | [`modbus_files`] | the receiver behind Modbus file records (21 write, 20 read): offer, chunks, finish, status |
 //!
 //! # Life of an update
@@ -33,8 +35,10 @@
 //! 4. On the next boot the bootloader's [`decide`](boot::decide) picks the new image, and a
 //!    boot attempt is recorded: the image is on **trial**.
 //! 5. Once the gateway's health poll of the new image succeeds, the application appends
-//!    *confirm*: the image is **confirmed**. A trial image not confirmed within the policy's
-//!    boot attempts is abandoned and the node boots the confirmed image again.
+//!    *confirm*: the image is **confirmed**. An image on trial that is not confirmed within
+//!    [`TrialLimit`] of its boot resets the node ([`trial`]), which counts as a failed attempt;
+//!    a trial image not confirmed within the policy's boot attempts is abandoned and the node
+//!    boots the confirmed image again.
 //!
 //! A power cut at any flash operation leaves a slot that the bootloader either verifies
 //! completely or does not boot, and a boot state whose records are each whole or ignored; the
@@ -44,14 +48,18 @@
 pub mod boot;
 pub mod boot_state;
 pub mod flash;
+pub mod handoff;
 pub mod layout;
 pub mod modbus_files;
 pub mod receiver;
 pub mod transfer;
+pub mod trial;
 pub mod verify;
 
 pub use boot::{BootDecision, BootError, BootKind, BootPolicy};
 pub use boot_state::{BootState, Trial};
+pub use handoff::{Entry, HandoffError, Target};
 pub use layout::{FlashLayout, LayoutError, Slot};
 pub use receiver::{Accepted, ChunkAck, Staged, UpdateError, UpdateReceiver};
+pub use trial::{TrialLimit, TrialStep, TrialWatch};
 pub use verify::{SlotError, Trust};

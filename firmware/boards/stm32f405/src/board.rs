@@ -9,16 +9,15 @@
 //! | relay 1, relay 2 / buzzer, fault relay | GPIO outputs | PB12, PB13, PB14 |
 //! | watchdog | IWDG, 2 s | — |
 //! | configuration | flash sectors 10 and 11 (see `memory.x`) | — |
+//! | boot state (confirming a trial image) | flash sectors 5 and 6 | — |
 //!
 //! The fault relay is energised while the node is healthy, so a dead node, a cut wire or a
 //! lost supply all read as a fault at the control room.
 
 use core::cell::RefCell;
 
-use embedded_storage::nor_flash::{ErrorType, NorFlash, ReadNorFlash};
 use stm32f4xx_hal::adc::Adc;
 use stm32f4xx_hal::adc::config::{AdcConfig, SampleTime};
-use stm32f4xx_hal::flash::{self, FlashExt, LockedFlash};
 use stm32f4xx_hal::gpio::{Analog, Output, Pin, PushPull};
 use stm32f4xx_hal::i2c::I2c;
 use stm32f4xx_hal::pac::{self, ADC1, I2C1, TIM5};
@@ -35,6 +34,7 @@ use tianzhong_firmware::node::{BootInfo, Sample};
 use tianzhong_protocol::registers::profile::ResetReason;
 
 use crate::clock::{ClockDelay, MicroClock, WakeTimer};
+use crate::flash::ChipFlash;
 use crate::link::{DriverEnable, Link};
 use crate::sensors::Sensors;
 use crate::{Board, Parts};
@@ -113,38 +113,6 @@ impl PulseCounter for TipCounter {
     }
 }
 
-/// Flash as `NorFlash`, unlocked only for the duration of each erase or write.
-pub struct ConfigFlash(LockedFlash);
-
-impl ErrorType for ConfigFlash {
-    type Error = flash::Error;
-}
-
-impl ReadNorFlash for ConfigFlash {
-    const READ_SIZE: usize = 1;
-
-    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), flash::Error> {
-        ReadNorFlash::read(&mut self.0, offset, bytes)
-    }
-
-    fn capacity(&self) -> usize {
-        self.0.len()
-    }
-}
-
-impl NorFlash for ConfigFlash {
-    const WRITE_SIZE: usize = 1;
-    const ERASE_SIZE: usize = 128 * 1024;
-
-    fn erase(&mut self, from: u32, to: u32) -> Result<(), flash::Error> {
-        NorFlash::erase(&mut self.0.unlocked(), from, to)
-    }
-
-    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), flash::Error> {
-        NorFlash::write(&mut self.0.unlocked(), offset, bytes)
-    }
-}
-
 type HwSensors = Sensors<
     I2c<I2C1>,
     ClockDelay,
@@ -160,7 +128,7 @@ pub struct Hardware {
     relay_2: Pin<'B', 13, Output<PushPull>>,
     fault_relay: Pin<'B', 14, Output<PushPull>>,
     watchdog: IndependentWatchdog,
-    store: ConfigStore<ConfigFlash>,
+    store: ConfigStore<ChipFlash>,
     stored: Option<NodeConfig>,
     boot: BootInfo,
 }
@@ -199,7 +167,7 @@ pub fn init() -> Parts<Hardware, DePin> {
     let mut watchdog = IndependentWatchdog::new(dp.IWDG);
     watchdog.start(2000.millis());
 
-    let mut store = ConfigStore::new(ConfigFlash(LockedFlash::new(dp.FLASH)), CONFIG_SLOTS);
+    let mut store = ConfigStore::new(ChipFlash::new(dp.FLASH), CONFIG_SLOTS);
     let stored = store.load().ok().flatten().map(|l| l.config);
     let link_config = stored.unwrap_or_else(|| NodeConfig::factory(&crate::CHANNELS));
 
@@ -273,6 +241,8 @@ pub fn init() -> Parts<Hardware, DePin> {
 }
 
 impl Board for Hardware {
+    type UpdateFlash = ChipFlash;
+
     fn boot_info(&self) -> BootInfo {
         self.boot
     }
@@ -301,5 +271,9 @@ impl Board for Hardware {
 
     fn save_config(&mut self, config: &NodeConfig) -> bool {
         self.store.save(config).is_ok()
+    }
+
+    fn update_flash(&mut self) -> &mut ChipFlash {
+        self.store.flash_mut()
     }
 }

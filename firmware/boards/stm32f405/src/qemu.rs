@@ -9,6 +9,8 @@
 //! - reads its sensors through the real drivers on simulated hardware: an ADC whose counts
 //!   follow a gas concentration, a 4–20 mA loop, a tipping-bucket counter;
 //! - keeps its configuration in a RAM-backed `NorFlash` through the real two-slot store;
+//! - reads its boot state and image header from the flash QEMU loaded (ROM: a trial image's
+//!   confirm cannot be written, so its trial ends at the time limit);
 //! - prints `TIANZHONG READY` on USART1 once receiving is enabled: QEMU drops bytes sent to a
 //!   USART before it is enabled, so the host waits for the marker before polling.
 
@@ -25,6 +27,7 @@ use tianzhong_protocol::registers::profile::ResetReason;
 use tianzhong_firmware::sim::{SimAdc, SimCounter, SimI2cBus, SimScd4x, SimSht4x};
 
 use crate::clock::{ClockDelay, MicroClock, WakeTimer};
+use crate::flash::RomFlash;
 use crate::link::{DriverEnable, Link};
 use crate::sensors::{self, Sensors};
 use crate::{Board, Parts};
@@ -70,6 +73,7 @@ pub struct QemuBoard {
     sensors: SimSensors,
     outputs: u16,
     saved: Option<NodeConfig>,
+    flash: RomFlash,
 }
 
 /// The ADC input a gas bridge at `lel` presents, from the board's factory calibration.
@@ -125,6 +129,7 @@ pub fn init() -> Parts<QemuBoard, NoDriverEnable> {
             sensors,
             outputs: 0,
             saved: None,
+            flash: RomFlash::new(),
         },
         link,
         clock,
@@ -134,6 +139,8 @@ pub fn init() -> Parts<QemuBoard, NoDriverEnable> {
 }
 
 impl Board for QemuBoard {
+    type UpdateFlash = RomFlash;
+
     fn boot_info(&self) -> BootInfo {
         BootInfo {
             reset_reason: ResetReason::PowerOn,
@@ -158,5 +165,9 @@ impl Board for QemuBoard {
     fn save_config(&mut self, config: &NodeConfig) -> bool {
         self.saved = Some(*config);
         true
+    }
+
+    fn update_flash(&mut self) -> &mut RomFlash {
+        &mut self.flash
     }
 }
