@@ -19,7 +19,9 @@
 //! | [`transfer`] | the transfer sector: which image is being received, and the last chunk written |
 //! | [`receiver`] | [`UpdateReceiver`]: offer, chunks with CRC, resume, final checks, staging |
 //! | [`boot`] | [`decide`](boot::decide): which slot to boot, as a function of flash contents |
+//! | [`session`] | what every transport keeps beside the receiver: phase, last refusal and its [reason](tianzhong_protocol::update::Reason) |
 //! | [`modbus_files`] | the receiver behind Modbus file records (21 write, 20 read): offer, chunks, finish, status |
+//! | [`mqtt`] | the receiver behind MQTT update messages: a request in, a report out, confirm included |
 //!
 //! # Life of an update
 //!
@@ -46,7 +48,9 @@ pub mod boot_state;
 pub mod flash;
 pub mod layout;
 pub mod modbus_files;
+pub mod mqtt;
 pub mod receiver;
+pub mod session;
 pub mod transfer;
 pub mod verify;
 
