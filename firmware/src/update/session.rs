@@ -55,7 +55,7 @@ pub fn reason_of(e: &UpdateError) -> Reason {
 pub struct SessionStatus {
     /// The phase.
     pub phase: Phase,
-    /// The chunk wanted next (0 without a transfer).
+    /// The chunk wanted next: 0 without a transfer, the chunk count once staged (none).
     pub next_chunk: u32,
     /// Chunks in the image of the last accepted offer.
     pub chunks: u32,
@@ -127,7 +127,11 @@ impl<F: NorFlash> UpdateSession<F> {
     pub fn status(&self) -> SessionStatus {
         SessionStatus {
             phase: self.phase,
-            next_chunk: self.receiver.progress().map_or(0, |p| p.next_chunk),
+            next_chunk: match (self.phase, self.receiver.progress()) {
+                (_, Some(p)) => p.next_chunk,
+                (Phase::Staged, None) => self.chunks,
+                (_, None) => 0,
+            },
             chunks: self.chunks,
             chunk_size: self.chunk_size,
             reason: self.last_error.as_ref().map_or(0, |e| reason_of(e).code()),
