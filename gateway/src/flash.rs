@@ -694,8 +694,8 @@ pub async fn flash_rtu<L: RtuLine>(
 /// `tianzhong flash` arguments.
 #[derive(Debug, clap::Args)]
 pub struct FlashArgs {
-    /// The node's device id in --config.
-    #[arg(long, requires = "config", conflicts_with = "tcp")]
+    /// The node's device id in --config, or its node id with --mqtt.
+    #[arg(long, conflicts_with = "tcp")]
     pub node: Option<String>,
     /// The gateway configuration holding the node.
     #[arg(long)]
@@ -706,6 +706,16 @@ pub struct FlashArgs {
     /// Unit id with --tcp.
     #[arg(long)]
     pub unit: Option<u8>,
+    /// Or the MQTT broker, host:port, of a node that is an MQTT client itself (with --node):
+    /// the image goes as update messages on `tianzhong/v1/{site}/{node}/fwupdate`.
+    #[arg(long, conflicts_with_all = ["config", "tcp"], requires = "node")]
+    pub mqtt: Option<String>,
+    /// The node's site with --mqtt; taken from the node's retained status when left out.
+    #[arg(long, requires = "mqtt")]
+    pub site: Option<String>,
+    /// Over MQTT, chunks in flight beyond the last one the node reported wanting.
+    #[arg(long, default_value_t = crate::flash_mqtt::DEFAULT_IN_FLIGHT)]
+    pub in_flight: u32,
     /// Request timeout in ms.
     #[arg(long, default_value_t = 2000)]
     pub timeout_ms: u64,
@@ -724,6 +734,9 @@ pub struct FlashArgs {
 pub fn run(args: FlashArgs) -> std::process::ExitCode {
     use std::io::Write as _;
     use std::process::ExitCode;
+    if args.mqtt.is_some() {
+        return crate::flash_mqtt::run(args);
+    }
     let target = match (&args.node, &args.config, &args.tcp, args.unit) {
         (Some(node), Some(config), None, _) => match crate::config::load(config) {
             Ok(c) => match ProbeTarget::from_config(&c, node) {
@@ -748,7 +761,8 @@ pub fn run(args: FlashArgs) -> std::process::ExitCode {
         },
         _ => {
             eprintln!(
-                "error: say which node: --node ID --config FILE, or --tcp HOST:PORT --unit N"
+                "error: say which node: --node ID --config FILE, --tcp HOST:PORT --unit N, or \
+                 --node ID --mqtt HOST:PORT [--site SITE]"
             );
             return ExitCode::from(2);
         }
