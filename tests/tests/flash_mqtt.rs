@@ -1,0 +1,147 @@
+//! A firmware update over MQTT through a real mosquitto broker: the gateway's flash code path
+//! (`tianzhong flash --node ID --mqtt HOST:PORT`, its site found from the node's retained
+//! status) sends a signed image to a simulated MQTT node that runs the firmware's real update
+//! receiver on simulated flash. Mid-image the broker is killed (SIGKILL: every message in
+//! flight is lost, both sides' connections drop) and started again a second later; the
+//! transfer goes on from the chunk the node reports wanting, not from zero. The node resets
+//! into the new image, comes back online with its version, and confirms it on the gateway's
+//! confirm.
+//!
+//! Checked against the simulator, not the sender's own account: the version the node runs,
+//! its boot state in flash (confirmed, not on trial), how many update messages it took, and how
+//! many times it reset.
+
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tianzhong_gateway::flash_mqtt::{MqttFlashOptions, MqttTarget, flash_mqtt};
+use tianzhong_protocol::NodeId;
+use tianzhong_protocol::registers::profile::FirmwareVersion;
+use tianzhong_protocol::update::MQTT_CHUNK;
+use tianzhong_simulator::update::{BootKind, sim_image};
+use tianzhong_tests::fleet::{FleetBuilder, SITE};
+use tianzhong_tests::services::Mosquitto;
+
+/// Chunks the node must have before the broker is killed: about half the image.
+const CUT_AT_CHUNK: u32 = 14;
+const IN_FLIGHT: u32 = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_node_is_flashed_across_a_broker_crash_and_confirms_the_new_image() {
+    let test_started = Instant::now();
+    let broker = Mosquitto::start().expect("mosquitto starts");
+    let broker_addr = broker.addr();
+    let mut builder = FleetBuilder::new().unwrap();
+    let ids = builder.mqtt("air", broker_addr, 1);
+    let fleet = builder.start().await.unwrap();
+    assert!(fleet.wait_mqtt_connected(Duration::from_secs(10)).await);
+    let index = fleet.fleet.index_of(&ids[0]).unwrap();
+    let factory = FirmwareVersion {
+        major: 1,
+        minor: 0,
+        patch: 0,
+    };
+    assert_eq!(fleet.fleet.node(index).running_firmware(), factory);
+
+    let new = FirmwareVersion {
+        major: 1,
+        minor: 1,
+        patch: 0,
+    };
+    // 28 KiB of payload: 29 chunks of 1 KiB with header and trailer, within the 32 KiB slot.
+    let image = sim_image("TZ-E2E", new, 2, 28 * 1024);
+    let chunks = image.len().div_ceil(usize::from(MQTT_CHUNK)) as u32;
+    assert!(chunks > 2 * CUT_AT_CHUNK - 2, "{chunks} chunks");
+
+    // The cut: when the node first reports having CUT_AT_CHUNK chunks, the broker dies; a
+    // second later it is started again (on the same port, without its retained messages).
+    let broker = Arc::new(Mutex::new(broker));
+    let cut: Arc<Mutex<Option<(u32, std::thread::JoinHandle<()>)>>> = Arc::default();
+    let progress = {
+        let broker = Arc::clone(&broker);
+        let cut = Arc::clone(&cut);
+        move |p: &tianzhong_gateway::flash::Progress| {
+            let wanted = (p.done / usize::from(MQTT_CHUNK)) as u32;
+            let mut cut = cut.lock().unwrap();
+            if cut.is_none() && wanted >= CUT_AT_CHUNK {
+                broker.lock().unwrap().kill();
+                let broker = Arc::clone(&broker);
+                let restart = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_secs(1));
+                    broker
+                        .lock()
+                        .unwrap()
+                        .restart()
+                        .expect("mosquitto restarts");
+                });
+                *cut = Some((wanted, restart));
+            }
+            ControlFlow::Continue(())
+        }
+    };
+    let target = MqttTarget {
+        broker: broker_addr.to_string(),
+        site: None,
+        node: NodeId::new(&ids[0]).unwrap(),
+        timeout: Duration::from_secs(1),
+    };
+    let options = MqttFlashOptions {
+        in_flight: IN_FLIGHT,
+        give_up: Duration::from_secs(20),
+        boot_timeout: Duration::from_secs(20),
+    };
+    let flash_started = Instant::now();
+    let report = flash_mqtt(&target, &image, options, progress)
+        .await
+        .unwrap_or_else(|e| panic!("flash over MQTT: {e}"));
+    let flash_time = flash_started.elapsed();
+    let (cut_at, restart) = cut.lock().unwrap().take().expect("the broker was cut");
+    restart.join().unwrap();
+    eprintln!("{report:?}; cut with the node wanting chunk {cut_at}; flash took {flash_time:?}");
+
+    // The sender's account: one offer, the site found, the cut seen, and every go-back to a
+    // chunk at or past where the node stood at the cut: the transfer resumed, it did not start
+    // over.
+    assert_eq!(report.site.as_str(), SITE);
+    assert_eq!((report.chunks, report.chunk_size), (chunks, MQTT_CHUNK));
+    assert_eq!(report.resumed_at, 0);
+    assert!(report.reconnects >= 1, "{report:?}");
+    assert!(!report.went_back_to.is_empty(), "{report:?}");
+    assert!(
+        report.went_back_to.iter().all(|&c| c >= cut_at),
+        "went back before the cut's chunk {cut_at}: {report:?}"
+    );
+    assert!(
+        report.chunks_resent < cut_at,
+        "resending {} chunks is no better than starting over from 0: {report:?}",
+        report.chunks_resent
+    );
+    assert_eq!(report.chunks_sent, chunks + report.chunks_resent);
+    assert_eq!(report.version, new);
+
+    // The node's account: it runs the new image, confirmed in its boot state, after one reset;
+    // it took every chunk at least once and far fewer than twice the image (the messages the
+    // broker lost never reached it).
+    let stats = fleet.mqtt_stats();
+    let stats = stats[0];
+    let mut node = fleet.fleet.node(index);
+    assert_eq!(node.running_firmware(), new);
+    let update = node.firmware_update();
+    assert_eq!(update.version(), new);
+    assert_eq!(update.running.kind, BootKind::Confirmed);
+    assert_eq!(update.running.state.trial, None);
+    assert_eq!(stats.update_resets, 1, "{stats:?}");
+    assert_eq!(stats.update_malformed, 0, "{stats:?}");
+    assert!(stats.reconnects >= 2, "the cut and the reset: {stats:?}");
+    // Offer, finish and confirm, plus chunks and status requests.
+    let taken = stats.update_requests;
+    assert!(
+        taken >= u64::from(chunks) + 3 && taken < u64::from(chunks + cut_at) + 3,
+        "the node took {taken} update messages for {chunks} chunks: {stats:?}"
+    );
+    eprintln!(
+        "node took {taken} update messages; test took {:?}",
+        test_started.elapsed()
+    );
+}
