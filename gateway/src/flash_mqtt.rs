@@ -26,7 +26,7 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
 use tianzhong_protocol::crc::FRAME as CRC32C;
 use tianzhong_protocol::image::{HEADER_LEN, ImageFile};
 use tianzhong_protocol::payload::NodeStatus;
@@ -43,10 +43,13 @@ use tracing::{debug, info, warn};
 use crate::flash::{FlashError, Progress};
 use crate::sources::mqtt::host_port;
 
-/// Chunks in flight beyond the last chunk the node reported wanting. Eight 1 KiB chunks keep a
-/// loopback or LAN link busy while a node answers each, and stay within the sixteen reports a
-/// simulated node may have awaiting their PUBACK.
-pub const DEFAULT_IN_FLIGHT: u32 = 8;
+/// Chunks in flight beyond the last chunk the node reported wanting. Each chunk waits for the
+/// node's report behind it, so the window sets the rate: a 31 KiB image to a simulated node
+/// over a local mosquitto (debug build) took 1.56 s with 1 chunk in flight, 410 ms with 4,
+/// 181–223 ms with 8 and 52 ms with 16 (589 KiB/s). Sixteen also stays within mosquitto's
+/// default of 20 QoS 1 messages in flight to one client, and the sixteen reports a simulated
+/// node may have awaiting their PUBACK.
+pub const DEFAULT_IN_FLIGHT: u32 = 16;
 
 /// Which node, through which broker.
 #[derive(Clone, Debug)]
@@ -201,6 +204,11 @@ impl Connection {
         );
         // Room for a window of chunks and the requests around them while the broker is away.
         let (client, mut eventloop) = AsyncClient::new(options(target)?, 256);
+        // With Nagle's algorithm a lone chunk waits for the ACK of the one before, which the
+        // broker delays: 90 ms a chunk measured with one in flight, against 2.6 ms without.
+        let mut network = NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let (tx, links) = mpsc::unbounded_channel();
         let subscriber = client.clone();
         let broker = target.broker.clone();
