@@ -27,6 +27,9 @@ use tianzhong_tests::services::Mosquitto;
 const CUT_AT_CHUNK: u32 = 14;
 const IN_FLIGHT: u32 = 8;
 
+/// The chunk the node wanted when the broker was killed, and the thread starting it again.
+type Cut = (u32, std::thread::JoinHandle<()>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mqtt_node_is_flashed_across_a_broker_crash_and_confirms_the_new_image() {
     let test_started = Instant::now();
@@ -57,7 +60,7 @@ async fn an_mqtt_node_is_flashed_across_a_broker_crash_and_confirms_the_new_imag
     // The cut: when the node first reports having CUT_AT_CHUNK chunks, the broker dies; a
     // second later it is started again (on the same port, without its retained messages).
     let broker = Arc::new(Mutex::new(broker));
-    let cut: Arc<Mutex<Option<(u32, std::thread::JoinHandle<()>)>>> = Arc::default();
+    let cut: Arc<Mutex<Option<Cut>>> = Arc::default();
     let progress = {
         let broker = Arc::clone(&broker);
         let cut = Arc::clone(&cut);
