@@ -434,6 +434,11 @@ pub async fn flash_mqtt(
     let mut furthest = wanted;
     let mut sent_bytes = 0usize;
     let mut last_gap: Option<u32> = None;
+    // A status request is out after a timeout or a reconnect: its report says where to go on.
+    // Only the first report after it moves the sender back; another status report (the
+    // request queued during the outage and the one sent on reconnecting both get one) would
+    // otherwise send the chunks in flight since a second time.
+    let mut resync = false;
     let mut progressed = Instant::now();
     let window = options.in_flight.max(1);
     while wanted < chunks {
@@ -478,15 +483,17 @@ pub async fn flash_mqtt(
                 wanted = r.next_chunk;
                 send_at = send_at.max(wanted);
                 // The node wants a chunk before those in flight: go back to it, once per gap
-                // (the rest of the window behind the gap names the same chunk), or at once
-                // when it answers a status request.
+                // (the rest of the window behind the gap names the same chunk), or when it
+                // answers the status request sent after a timeout or a reconnect.
                 let lost = matches!(
                     r.reason(),
                     Some(Reason::OutOfOrder | Reason::ChunkCrc | Reason::ChunkLength)
                 );
-                if wanted < send_at
-                    && ((lost && last_gap != Some(wanted)) || r.answers == Answers::Status)
-                {
+                let resynced = resync && r.answers == Answers::Status;
+                if resynced {
+                    resync = false;
+                }
+                if wanted < send_at && ((lost && last_gap != Some(wanted)) || resynced) {
                     debug!(node = %conn.node, from = send_at, to = wanted, "going back");
                     report.went_back_to.push(wanted);
                     send_at = wanted;
@@ -504,10 +511,12 @@ pub async fn flash_mqtt(
             }
             Some(Link::Connected) => {
                 // Whatever was in flight may be gone: ask where the node is.
+                resync = true;
                 conn.send(&UpdateRequest::Status)?;
             }
             Some(_) => {}
             None => {
+                resync = true;
                 report.timeouts += 1;
                 if progressed.elapsed() >= options.give_up {
                     return Err(FlashError::Timeout {
