@@ -108,6 +108,8 @@ pub struct MqttFlashReport {
     pub reconnects: u32,
     /// Times the image was offered again because the node had reset mid-image.
     pub reoffers: u32,
+    /// Payloads on the node's `fwstatus` topic that were not reports (logged and skipped).
+    pub malformed_reports: u32,
     /// The version now running on the node, confirmed.
     pub version: FirmwareVersion,
     /// From the offer to the node's report that all chunks are in.
@@ -132,6 +134,8 @@ struct Connection {
     request_topic: String,
     timeout: Duration,
     reconnects: u32,
+    /// Reports that could not be decoded, counted by the connection task.
+    malformed: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Drop for Connection {
@@ -211,6 +215,8 @@ impl Connection {
         eventloop.set_network_options(network);
         let (tx, links) = mpsc::unbounded_channel();
         let subscriber = client.clone();
+        let malformed = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let bad_reports = std::sync::Arc::clone(&malformed);
         let broker = target.broker.clone();
         let node = target.node.clone();
         let task = tokio::spawn(async move {
@@ -231,6 +237,7 @@ impl Connection {
                         match UpdateReport::decode(&p.payload) {
                             Ok(r) => Some(Link::Report(r)),
                             Err(e) => {
+                                bad_reports.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 warn!(%node, topic = %p.topic, "malformed update report: {e}");
                                 None
                             }
@@ -270,6 +277,7 @@ impl Connection {
             request_topic,
             timeout: target.timeout,
             reconnects: 0,
+            malformed,
         };
         // The first connect: an unreachable broker is an error here, not a stall later.
         let deadline = Instant::now() + target.timeout.max(Duration::from_secs(2));
@@ -425,6 +433,7 @@ pub async fn flash_mqtt(
         timeouts: 0,
         reconnects: 0,
         reoffers: 0,
+        malformed_reports: 0,
         version,
         transfer_time: Duration::ZERO,
     };
@@ -637,6 +646,7 @@ pub async fn flash_mqtt(
         }
     }
     report.reconnects = conn.reconnects;
+    report.malformed_reports = conn.malformed.load(std::sync::atomic::Ordering::Relaxed);
     Ok(report)
 }
 

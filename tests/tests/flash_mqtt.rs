@@ -7,6 +7,9 @@
 //! into the new image, comes back online with its version, and confirms it on the gateway's
 //! confirm.
 //!
+//! Before the update, a payload that is no update request, published on the node's `fwupdate`
+//! topic by another client, is answered on `fwstatus` as malformed and counted by the node.
+//!
 //! Checked against the simulator, not the sender's own account: the version the node runs,
 //! its boot state in flash (confirmed, not on trial), how many update messages it took, and how
 //! many times it reset.
@@ -15,10 +18,11 @@ use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rumqttc::{Event, Packet, QoS};
 use tianzhong_gateway::flash_mqtt::{MqttFlashOptions, MqttTarget, flash_mqtt};
 use tianzhong_protocol::NodeId;
 use tianzhong_protocol::registers::profile::FirmwareVersion;
-use tianzhong_protocol::update::MQTT_CHUNK;
+use tianzhong_protocol::update::{Answers, MQTT_CHUNK, Phase, Reason, UpdateReport};
 use tianzhong_simulator::update::{BootKind, sim_image};
 use tianzhong_tests::fleet::{FleetBuilder, SITE};
 use tianzhong_tests::services::Mosquitto;
@@ -46,6 +50,17 @@ async fn an_mqtt_node_is_flashed_across_a_broker_crash_and_confirms_the_new_imag
         patch: 0,
     };
     assert_eq!(fleet.fleet.node(index).running_firmware(), factory);
+
+    let garbage = malformed_request_answer(broker_addr.port(), &ids[0]).await;
+    assert_eq!(
+        (garbage.answers, garbage.phase, garbage.reason()),
+        (
+            Answers::Malformed,
+            Phase::Idle,
+            Some(Reason::MalformedRequest)
+        )
+    );
+    assert_eq!((garbage.running, garbage.trial), (factory, false));
 
     let new = FirmwareVersion {
         major: 1,
@@ -135,16 +150,53 @@ async fn an_mqtt_node_is_flashed_across_a_broker_crash_and_confirms_the_new_imag
     assert_eq!(update.running.kind, BootKind::Confirmed);
     assert_eq!(update.running.state.trial, None);
     assert_eq!(stats.update_resets, 1, "{stats:?}");
-    assert_eq!(stats.update_malformed, 0, "{stats:?}");
+    assert_eq!(stats.update_malformed, 1, "{stats:?}");
+    assert_eq!(report.malformed_reports, 0);
     assert!(stats.reconnects >= 2, "the cut and the reset: {stats:?}");
-    // Offer, finish and confirm, plus chunks and status requests.
+    // The malformed payload, offer, finish and confirm, plus chunks and status requests.
     let taken = stats.update_requests;
     assert!(
-        taken >= u64::from(chunks) + 3 && taken < u64::from(chunks + cut_at) + 3,
+        taken >= u64::from(chunks) + 4 && taken < u64::from(chunks + cut_at) + 4,
         "the node took {taken} update messages for {chunks} chunks: {stats:?}"
     );
     eprintln!(
         "node took {taken} update messages; test took {:?}",
         test_started.elapsed()
     );
+}
+
+/// Publishes two bytes that are no update request on the node's `fwupdate` topic, as another
+/// client, and returns the report the node answers with on `fwstatus`.
+async fn malformed_request_answer(port: u16, node: &str) -> UpdateReport {
+    let options = rumqttc::MqttOptions::new("e2e-garbage", "127.0.0.1", port);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    let base = format!("tianzhong/v1/{SITE}/{node}");
+    client
+        .subscribe(format!("{base}/fwstatus"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await.expect("broker connection") {
+                // Subscribed first, so that the answer cannot pass unseen.
+                Event::Incoming(Packet::SubAck(_)) => client
+                    .publish(
+                        format!("{base}/fwupdate"),
+                        QoS::AtLeastOnce,
+                        false,
+                        vec![0xFF, 0x01],
+                    )
+                    .await
+                    .unwrap(),
+                Event::Incoming(Packet::Publish(p)) => {
+                    return UpdateReport::decode(&p.payload).expect("a report");
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the node answers within 10 s");
+    let _ = client.disconnect().await;
+    answer
 }
