@@ -716,6 +716,10 @@ pub struct FlashArgs {
     /// Over MQTT, chunks in flight beyond the last one the node reported wanting.
     #[arg(long, default_value_t = crate::flash_mqtt::DEFAULT_IN_FLIGHT)]
     pub in_flight: u32,
+    /// Over MQTT, leave the new image on trial: run the same command again to confirm it once
+    /// your own check of the node has passed (nothing is sent again).
+    #[arg(long, requires = "mqtt")]
+    pub no_confirm: bool,
     /// Request timeout in ms.
     #[arg(long, default_value_t = 2000)]
     pub timeout_ms: u64,

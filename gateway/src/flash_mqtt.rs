@@ -10,7 +10,11 @@
 //! | boot | — (status requests while waiting) | the node's online status (`…/status`) or a report with the new version running |
 //! | confirm | the new version | the confirm's report: no longer on trial |
 //!
-//! Everything goes at QoS 1 over one rumqttc connection with a clean session.
+//! Everything goes at QoS 1 over one rumqttc connection with a clean session. Without
+//! [`MqttFlashOptions::confirm`] (`--no-confirm`) the run ends with the image on trial; the node
+//! then refuses any offer until it is confirmed or given up, and a later run with the same
+//! image, refused as "on trial" by a node that runs exactly that version, skips to the
+//! confirm.
 //!
 //! # Resuming
 //!
@@ -73,6 +77,10 @@ pub struct MqttFlashOptions {
     pub give_up: Duration,
     /// Time for the node to reset into the new image and come back online.
     pub boot_timeout: Duration,
+    /// Send the confirm once the node runs the new image. Without it the image stays on trial
+    /// (and is given up at the node's next resets) until a later run, which finds it on trial
+    /// and only confirms it: for a health check of the operator's own in between.
+    pub confirm: bool,
 }
 
 impl Default for MqttFlashOptions {
@@ -81,6 +89,7 @@ impl Default for MqttFlashOptions {
             in_flight: DEFAULT_IN_FLIGHT,
             give_up: Duration::from_secs(60),
             boot_timeout: Duration::from_secs(60),
+            confirm: true,
         }
     }
 }
@@ -114,6 +123,10 @@ pub struct MqttFlashReport {
     pub version: FirmwareVersion,
     /// From the offer to the node's report that all chunks are in.
     pub transfer_time: Duration,
+    /// The node already ran this image on trial: nothing was sent, it was only confirmed.
+    pub found_on_trial: bool,
+    /// The node confirmed the image.
+    pub confirmed: bool,
 }
 
 /// What the connection task passes on.
@@ -351,14 +364,22 @@ fn refused(conn: &Connection, step: &str, report: &UpdateReport) -> FlashError {
     }
 }
 
-/// Offers the image, halving the chunk size while the node refuses it. The offer's report.
+/// What the node made of an offer.
+enum Offered {
+    /// Taken, with this chunk size: the report says where to start.
+    Accepted(UpdateReport, u16),
+    /// Refused because the node already runs this image on trial.
+    OnTrial(UpdateReport),
+}
+
+/// Offers the image, halving the chunk size while the node refuses it.
 async fn offer(
     conn: &mut Connection,
     image: &[u8],
-    digest: &[u8; 32],
+    (digest, version): (&[u8; 32], FirmwareVersion),
     mut size: u16,
     give_up: Duration,
-) -> Result<(UpdateReport, u16), FlashError> {
+) -> Result<Offered, FlashError> {
     let header: [u8; HEADER_LEN] = image[..HEADER_LEN]
         .try_into()
         .map_err(|_| FlashError::Protocol("image shorter than its header".into()))?;
@@ -390,6 +411,11 @@ async fn offer(
             since = Instant::now();
             continue;
         }
+        if r.reason() == Some(Reason::TrialPending) && r.trial && r.running == version {
+            // This very image was sent, staged and booted, but never confirmed (an earlier
+            // run stopped, or ran with --no-confirm): nothing left to send.
+            return Ok(Offered::OnTrial(r));
+        }
         if r.reason != 0 || r.phase != Phase::Receiving {
             return Err(refused(conn, "offer", &r));
         }
@@ -400,12 +426,14 @@ async fn offer(
                 r.chunks
             ))));
         }
-        return Ok((r, size));
+        return Ok(Offered::Accepted(r, size));
     }
 }
 
 /// Flashes `image` into the node `target` names, over MQTT; `progress` is called after every
-/// report during the transfer. Returns once the node runs the new image and has confirmed it.
+/// report during the transfer. Returns once the node runs the new image and, with
+/// [`MqttFlashOptions::confirm`], has confirmed it. A node that already runs this image on
+/// trial (an earlier run stopped before the confirm) is only confirmed.
 pub async fn flash_mqtt(
     target: &MqttTarget,
     image: &[u8],
@@ -419,14 +447,24 @@ pub async fn flash_mqtt(
     info!(node = %conn.node, site = %conn.site, topic = %conn.request_topic, bytes = image.len(), %version, "flashing over MQTT");
 
     let started = Instant::now();
-    let (first, size) = offer(&mut conn, image, &digest, MQTT_CHUNK, options.give_up).await?;
-    let chunks = first.chunks;
-    let chunk = usize::from(size);
+    let offered = offer(
+        &mut conn,
+        image,
+        (&digest, version),
+        MQTT_CHUNK,
+        options.give_up,
+    )
+    .await?;
+    let (first, size, on_trial) = match offered {
+        Offered::Accepted(r, size) => (r, size, false),
+        Offered::OnTrial(r) => (r, MQTT_CHUNK, true),
+    };
+    let chunks = image.len().div_ceil(usize::from(size)) as u32;
     let mut report = MqttFlashReport {
         site: conn.site.clone(),
         chunk_size: size,
         chunks,
-        resumed_at: first.next_chunk,
+        resumed_at: if on_trial { chunks } else { first.next_chunk },
         chunks_sent: 0,
         chunks_resent: 0,
         went_back_to: Vec::new(),
@@ -436,9 +474,49 @@ pub async fn flash_mqtt(
         malformed_reports: 0,
         version,
         transfer_time: Duration::ZERO,
+        found_on_trial: on_trial,
+        confirmed: false,
     };
+    if on_trial {
+        info!(node = %conn.node, %version, "the node already runs this image on trial");
+    } else {
+        transfer(
+            &mut conn,
+            image,
+            (&digest, version),
+            (size, first.next_chunk),
+            options,
+            &mut report,
+            &mut progress,
+        )
+        .await?;
+        report.transfer_time = started.elapsed();
+        finish_and_boot(&mut conn, version, chunks, options, &mut report).await?;
+    }
+    if options.confirm {
+        confirm(&mut conn, version, options, &mut report).await?;
+        report.confirmed = true;
+    }
+    report.reconnects = conn.reconnects;
+    report.malformed_reports = conn.malformed.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(report)
+}
+
+/// Sends every chunk from `first` on, going back to the chunk the node names after a loss.
+async fn transfer(
+    conn: &mut Connection,
+    image: &[u8],
+    (digest, version): (&[u8; 32], FirmwareVersion),
+    (size, first): (u16, u32),
+    options: MqttFlashOptions,
+    report: &mut MqttFlashReport,
+    progress: &mut impl FnMut(&Progress) -> ControlFlow<()>,
+) -> Result<(), FlashError> {
+    let started = Instant::now();
+    let chunks = report.chunks;
+    let chunk = usize::from(size);
     // The node's wanted chunk; the next chunk to publish; one past the furthest published.
-    let mut wanted = first.next_chunk;
+    let mut wanted = first;
     let mut send_at = wanted;
     let mut furthest = wanted;
     let mut sent_bytes = 0usize;
@@ -475,7 +553,11 @@ pub async fn flash_mqtt(
                 // The node reset mid-image: offer again; it resumes from its flash.
                 info!(node = %conn.node, "the node has no transfer (reset?); offering again");
                 report.reoffers += 1;
-                let (again, _) = offer(&mut conn, image, &digest, size, options.give_up).await?;
+                let again =
+                    match offer(conn, image, (digest, version), size, options.give_up).await? {
+                        Offered::Accepted(r, _) => r,
+                        Offered::OnTrial(r) => return Err(refused(conn, "offer", &r)),
+                    };
                 wanted = again.next_chunk;
                 report.went_back_to.push(wanted);
                 send_at = wanted;
@@ -484,7 +566,7 @@ pub async fn flash_mqtt(
             }
             Some(Link::Report(r)) if matches!(r.answers, Answers::Chunk | Answers::Status) => {
                 if r.phase == Phase::Failed {
-                    return Err(refused(&conn, &format!("chunk {}", r.next_chunk), &r));
+                    return Err(refused(conn, &format!("chunk {}", r.next_chunk), &r));
                 }
                 if r.next_chunk > wanted {
                     progressed = Instant::now();
@@ -539,8 +621,17 @@ pub async fn flash_mqtt(
             }
         }
     }
-    report.transfer_time = started.elapsed();
+    Ok(())
+}
 
+/// Asks the node to check and stage the image, then waits until it runs it.
+async fn finish_and_boot(
+    conn: &mut Connection,
+    version: FirmwareVersion,
+    chunks: u32,
+    options: MqttFlashOptions,
+    report: &mut MqttFlashReport,
+) -> Result<(), FlashError> {
     // Finish: the node checks the image and stages it, then resets into it.
     conn.send(&UpdateRequest::Finish)?;
     let mut since = Instant::now();
@@ -549,7 +640,7 @@ pub async fn flash_mqtt(
         match conn.next().await {
             Some(Link::Report(r)) if r.answers == Answers::Finish => {
                 if r.reason != 0 || r.phase != Phase::Staged {
-                    return Err(refused(&conn, "finish", &r));
+                    return Err(refused(conn, "finish", &r));
                 }
                 break;
             }
@@ -618,16 +709,24 @@ pub async fn flash_mqtt(
             Some(_) => {}
         }
     }
-    info!(node = %conn.node, %version, "the new image runs; confirming");
+    Ok(())
+}
 
-    // Confirm: the gateway's health check of the new image has passed.
+/// The gateway's health check of the new image has passed: the node confirms it.
+async fn confirm(
+    conn: &mut Connection,
+    version: FirmwareVersion,
+    options: MqttFlashOptions,
+    report: &mut MqttFlashReport,
+) -> Result<(), FlashError> {
+    info!(node = %conn.node, %version, "the new image runs; confirming");
     conn.send(&UpdateRequest::Confirm { version })?;
-    since = Instant::now();
+    let since = Instant::now();
     loop {
         match conn.next().await {
             Some(Link::Report(r)) if r.answers == Answers::Confirm => {
                 if r.reason != 0 {
-                    return Err(refused(&conn, "confirm", &r));
+                    return Err(refused(conn, "confirm", &r));
                 }
                 if !r.trial && r.running == version {
                     break;
@@ -645,9 +744,7 @@ pub async fn flash_mqtt(
             Some(_) => {}
         }
     }
-    report.reconnects = conn.reconnects;
-    report.malformed_reports = conn.malformed.load(std::sync::atomic::Ordering::Relaxed);
-    Ok(report)
+    Ok(())
 }
 
 fn fw_is(status: &NodeStatus, version: FirmwareVersion) -> bool {
@@ -695,6 +792,7 @@ pub fn run(args: crate::flash::FlashArgs) -> std::process::ExitCode {
     };
     let options = MqttFlashOptions {
         in_flight: args.in_flight,
+        confirm: !args.no_confirm,
         ..MqttFlashOptions::default()
     };
     let result = runtime.block_on(flash_mqtt(&target, &image, options, |p| {
@@ -705,24 +803,39 @@ pub fn run(args: crate::flash::FlashArgs) -> std::process::ExitCode {
     eprintln!();
     match result {
         Ok(r) => {
-            println!(
-                "flashed {} bytes in {} chunks of {} bytes to {} at site {} over MQTT{}; {} chunks \
-                 sent again, {} timeouts, {} reconnects. The node runs {} and has confirmed it.",
-                image.len(),
-                r.chunks,
-                r.chunk_size,
-                target.node,
-                r.site,
-                if r.resumed_at > 0 {
-                    format!(" (resumed at chunk {})", r.resumed_at)
-                } else {
-                    String::new()
-                },
-                r.chunks_resent,
-                r.timeouts,
-                r.reconnects,
-                r.version
-            );
+            let end = match (r.confirmed, r.found_on_trial) {
+                (true, true) => format!(
+                    "The node already ran {} on trial; it has confirmed it.",
+                    r.version
+                ),
+                (true, false) => format!("The node runs {} and has confirmed it.", r.version),
+                (false, _) => format!(
+                    "The node runs {} on trial; run this again to confirm it, or it is given up \
+                     at its next resets.",
+                    r.version
+                ),
+            };
+            if r.found_on_trial {
+                println!("{} at site {}: nothing to send. {end}", target.node, r.site);
+            } else {
+                println!(
+                    "flashed {} bytes in {} chunks of {} bytes to {} at site {} over MQTT{}; {} \
+                     chunks sent again, {} timeouts, {} reconnects. {end}",
+                    image.len(),
+                    r.chunks,
+                    r.chunk_size,
+                    target.node,
+                    r.site,
+                    if r.resumed_at > 0 {
+                        format!(" (resumed at chunk {})", r.resumed_at)
+                    } else {
+                        String::new()
+                    },
+                    r.chunks_resent,
+                    r.timeouts,
+                    r.reconnects,
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

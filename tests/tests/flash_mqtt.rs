@@ -7,6 +7,9 @@
 //! into the new image, comes back online with its version, and confirms it on the gateway's
 //! confirm.
 //!
+//! Then a second image is sent without the confirm (`--no-confirm`): the node runs it on trial;
+//! the same flash again sends nothing and only confirms it.
+//!
 //! Before the update, a payload that is no update request, published on the node's `fwupdate`
 //! topic by another client, is answered on `fwstatus` as malformed and counted by the node.
 //!
@@ -108,6 +111,7 @@ async fn an_mqtt_node_is_flashed_across_a_broker_crash_and_confirms_the_new_imag
         in_flight: IN_FLIGHT,
         give_up: Duration::from_secs(20),
         boot_timeout: Duration::from_secs(20),
+        confirm: true,
     };
     let flash_started = Instant::now();
     let report = flash_mqtt(&target, &image, options, progress)
@@ -159,8 +163,57 @@ async fn an_mqtt_node_is_flashed_across_a_broker_crash_and_confirms_the_new_imag
         taken >= u64::from(chunks) + 4 && taken < u64::from(chunks + cut_at) + 4,
         "the node took {taken} update messages for {chunks} chunks: {stats:?}"
     );
+    drop(node);
+
+    // Left on trial (`--no-confirm`), then the same command again: nothing is sent a second
+    // time, the node only confirms.
+    let newer = FirmwareVersion {
+        major: 1,
+        minor: 2,
+        patch: 0,
+    };
+    let small = sim_image("TZ-E2E", newer, 3, 6 * 1024);
+    let small_chunks = small.len().div_ceil(usize::from(MQTT_CHUNK)) as u64;
+    let unconfirmed = MqttFlashOptions {
+        confirm: false,
+        ..options
+    };
+    let left = flash_mqtt(&target, &small, unconfirmed, |_| ControlFlow::Continue(()))
+        .await
+        .unwrap_or_else(|e| panic!("flash without confirm: {e}"));
+    assert!(!left.confirmed && !left.found_on_trial, "{left:?}");
+    {
+        let mut node = fleet.fleet.node(index);
+        let update = node.firmware_update();
+        assert_eq!(update.version(), newer);
+        assert!(
+            matches!(update.running.kind, BootKind::Trial { .. }),
+            "{:?}",
+            update.running.kind
+        );
+    }
+    let before = fleet.mqtt_stats()[0];
+    let again = flash_mqtt(&target, &small, options, |_| ControlFlow::Continue(()))
+        .await
+        .unwrap_or_else(|e| panic!("flash of the image on trial: {e}"));
+    assert!(again.found_on_trial && again.confirmed, "{again:?}");
+    assert_eq!(again.chunks_sent, 0);
+    let after = fleet.mqtt_stats()[0];
+    // An offer and a confirm (and a status request or a repeat per timeout): no chunk.
+    let taken_again = after.update_requests - before.update_requests;
+    assert!(
+        (2..small_chunks).contains(&taken_again),
+        "{taken_again} messages to confirm: {again:?}"
+    );
+    assert_eq!(after.update_resets, 2, "{after:?}");
+    let mut node = fleet.fleet.node(index);
+    let update = node.firmware_update();
+    assert_eq!(
+        (update.version(), &update.running.kind),
+        (newer, &BootKind::Confirmed)
+    );
     eprintln!(
-        "node took {taken} update messages; test took {:?}",
+        "node took {taken} update messages for the first image; test took {:?}",
         test_started.elapsed()
     );
 }
