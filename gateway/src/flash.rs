@@ -711,14 +711,15 @@ pub struct FlashArgs {
     #[arg(long, conflicts_with_all = ["config", "tcp"], requires = "node")]
     pub mqtt: Option<String>,
     /// The node's site with --mqtt; taken from the node's retained status when left out.
-    #[arg(long, requires = "mqtt")]
+    // `requires` alone lets this pass beside --config, which --mqtt conflicts with.
+    #[arg(long, requires = "mqtt", conflicts_with_all = ["config", "tcp"])]
     pub site: Option<String>,
     /// Over MQTT, chunks in flight beyond the last one the node reported wanting.
     #[arg(long, default_value_t = crate::flash_mqtt::DEFAULT_IN_FLIGHT)]
     pub in_flight: u32,
     /// Over MQTT, leave the new image on trial: run the same command again to confirm it once
     /// your own check of the node has passed (nothing is sent again).
-    #[arg(long, requires = "mqtt")]
+    #[arg(long, requires = "mqtt", conflicts_with_all = ["config", "tcp"])]
     pub no_confirm: bool,
     /// Request timeout in ms.
     #[arg(long, default_value_t = 2000)]

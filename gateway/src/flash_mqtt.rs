@@ -844,3 +844,106 @@ pub fn run(args: crate::flash::FlashArgs) -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use tianzhong_protocol::image::{HardwareId, ImageHeader};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        flash: crate::flash::FlashArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<crate::flash::FlashArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("flash").chain(args.iter().copied())).map(|c| c.flash)
+    }
+
+    #[test]
+    fn the_command_line_takes_a_broker_with_a_node_and_refuses_mixtures() {
+        let a = parse(&["--node", "aq-01", "--mqtt", "127.0.0.1:1883", "fw.tzfw"]).unwrap();
+        assert_eq!(
+            (a.node.as_deref(), a.mqtt.as_deref(), a.site.as_deref()),
+            (Some("aq-01"), Some("127.0.0.1:1883"), None)
+        );
+        assert_eq!((a.in_flight, a.no_confirm), (DEFAULT_IN_FLIGHT, false));
+        let a = parse(&[
+            "--node",
+            "aq-01",
+            "--mqtt",
+            "broker:1883",
+            "--site",
+            "city-core",
+            "--in-flight",
+            "4",
+            "--no-confirm",
+            "fw.tzfw",
+        ])
+        .unwrap();
+        assert_eq!(
+            (a.site.as_deref(), a.in_flight, a.no_confirm),
+            (Some("city-core"), 4, true)
+        );
+        for bad in [
+            // A broker without a node.
+            &["--mqtt", "h:1883", "fw.tzfw"][..],
+            // MQTT and Modbus TCP at once.
+            &[
+                "--node", "a", "--mqtt", "h:1", "--tcp", "h:502", "--unit", "1", "fw",
+            ],
+            // MQTT and a gateway configuration at once.
+            &["--node", "a", "--mqtt", "h:1", "--config", "g.toml", "fw"],
+            // A site or --no-confirm without MQTT.
+            &["--node", "a", "--config", "g.toml", "--site", "s", "fw"],
+            &["--node", "a", "--config", "g.toml", "--no-confirm", "fw"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    fn image() -> Vec<u8> {
+        let header = ImageHeader {
+            hardware: HardwareId::new("TZ-TEST", 1).unwrap(),
+            version: FirmwareVersion {
+                major: 2,
+                minor: 0,
+                patch: 0,
+            },
+            security_counter: 1,
+            image_size: 0,
+            header_len: 512,
+        };
+        let payload = [0x5Au8; 3000];
+        let mut out = vec![0u8; ImageFile::len_for(512, payload.len())];
+        ImageFile::build(&header, &payload, &[7; 32], &mut out).unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_broker_is_an_error_naming_node_and_broker() {
+        // A port just released: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let target = MqttTarget {
+            broker: format!("127.0.0.1:{port}"),
+            site: Some(SiteId::new("plant-1").unwrap()),
+            node: NodeId::new("aq-09").unwrap(),
+            timeout: Duration::from_millis(200),
+        };
+        let err = flash_mqtt(&target, &image(), MqttFlashOptions::default(), |_| {
+            ControlFlow::Continue(())
+        })
+        .await
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, FlashError::Connect(_)), "{message}");
+        assert!(
+            message.contains("node aq-09") && message.contains(&format!("127.0.0.1:{port}")),
+            "{message}"
+        );
+    }
+}
