@@ -81,31 +81,12 @@ const FINISH_MAGIC: u16 = 0x4649;
 /// Status reads after a timeout before giving up.
 const STATUS_RETRIES: u32 = 5;
 
-/// The reasons a node gives in its status, by code.
+/// The reason a node gives in its status or report, by code
+/// ([`Reason`](tianzhong_protocol::update::Reason), shared by the Modbus status file and the
+/// MQTT report).
 pub fn reason(code: u16) -> &'static str {
-    match code {
-        1 => "wrong hardware model or revision",
-        2 => "security counter lower than the running image's (rollback refused)",
-        3 => "image too large for a firmware slot",
-        4 => "SHA-256 differs from the trailer's: altered or damaged",
-        5 => "signed with a key the node does not trust",
-        6 => "signature invalid",
-        7 => "malformed header",
-        8 => "malformed trailer",
-        9 => "chunk size not accepted",
-        10 => "an image on trial must be confirmed first",
-        11 => "no transfer in progress",
-        12 => "chunk out of order",
-        13 => "no such chunk",
-        14 => "chunk of the wrong length",
-        15 => "chunk damaged (CRC)",
-        16 => "not every chunk is in",
-        17 => "header received differs from the header offered",
-        18 => "SHA-256 differs from the one offered",
-        19 => "flash failure on the node",
-        20 => "the node's update regions do not fit its flash",
-        _ => "unknown reason",
-    }
+    tianzhong_protocol::update::Reason::from_code(code)
+        .map_or("unknown reason", tianzhong_protocol::update::Reason::text)
 }
 
 /// Why a flash failed.
