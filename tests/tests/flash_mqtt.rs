@@ -147,12 +147,14 @@ async fn an_mqtt_node_is_flashed_across_a_broker_crash_and_confirms_the_new_imag
     // broker lost never reached it).
     let stats = fleet.mqtt_stats();
     let stats = stats[0];
-    let mut node = fleet.fleet.node(index);
-    assert_eq!(node.running_firmware(), new);
-    let update = node.firmware_update();
-    assert_eq!(update.version(), new);
-    assert_eq!(update.running.kind, BootKind::Confirmed);
-    assert_eq!(update.running.state.trial, None);
+    {
+        let mut node = fleet.fleet.node(index);
+        assert_eq!(node.running_firmware(), new);
+        let update = node.firmware_update();
+        assert_eq!(update.version(), new);
+        assert_eq!(update.running.kind, BootKind::Confirmed);
+        assert_eq!(update.running.state.trial, None);
+    }
     assert_eq!(stats.update_resets, 1, "{stats:?}");
     assert_eq!(stats.update_malformed, 1, "{stats:?}");
     assert_eq!(report.malformed_reports, 0);
@@ -163,7 +165,6 @@ async fn an_mqtt_node_is_flashed_across_a_broker_crash_and_confirms_the_new_imag
         taken >= u64::from(chunks) + 4 && taken < u64::from(chunks + cut_at) + 4,
         "the node took {taken} update messages for {chunks} chunks: {stats:?}"
     );
-    drop(node);
 
     // Left on trial (`--no-confirm`), then the same command again: nothing is sent a second
     // time, the node only confirms.
