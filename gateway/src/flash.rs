@@ -81,31 +81,12 @@ const FINISH_MAGIC: u16 = 0x4649;
 /// Status reads after a timeout before giving up.
 const STATUS_RETRIES: u32 = 5;
 
-/// The reasons a node gives in its status, by code.
+/// The reason a node gives in its status or report, by code
+/// ([`Reason`](tianzhong_protocol::update::Reason), shared by the Modbus status file and the
+/// MQTT report).
 pub fn reason(code: u16) -> &'static str {
-    match code {
-        1 => "wrong hardware model or revision",
-        2 => "security counter lower than the running image's (rollback refused)",
-        3 => "image too large for a firmware slot",
-        4 => "SHA-256 differs from the trailer's: altered or damaged",
-        5 => "signed with a key the node does not trust",
-        6 => "signature invalid",
-        7 => "malformed header",
-        8 => "malformed trailer",
-        9 => "chunk size not accepted",
-        10 => "an image on trial must be confirmed first",
-        11 => "no transfer in progress",
-        12 => "chunk out of order",
-        13 => "no such chunk",
-        14 => "chunk of the wrong length",
-        15 => "chunk damaged (CRC)",
-        16 => "not every chunk is in",
-        17 => "header received differs from the header offered",
-        18 => "SHA-256 differs from the one offered",
-        19 => "flash failure on the node",
-        20 => "the node's update regions do not fit its flash",
-        _ => "unknown reason",
-    }
+    tianzhong_protocol::update::Reason::from_code(code)
+        .map_or("unknown reason", tianzhong_protocol::update::Reason::text)
 }
 
 /// Why a flash failed.
@@ -694,8 +675,8 @@ pub async fn flash_rtu<L: RtuLine>(
 /// `tianzhong flash` arguments.
 #[derive(Debug, clap::Args)]
 pub struct FlashArgs {
-    /// The node's device id in --config.
-    #[arg(long, requires = "config", conflicts_with = "tcp")]
+    /// The node's device id in --config, or its node id with --mqtt.
+    #[arg(long, conflicts_with = "tcp")]
     pub node: Option<String>,
     /// The gateway configuration holding the node.
     #[arg(long)]
@@ -706,6 +687,21 @@ pub struct FlashArgs {
     /// Unit id with --tcp.
     #[arg(long)]
     pub unit: Option<u8>,
+    /// Or the MQTT broker, host:port, of a node that is an MQTT client itself (with --node):
+    /// the image goes as update messages on `tianzhong/v1/{site}/{node}/fwupdate`.
+    #[arg(long, conflicts_with_all = ["config", "tcp"], requires = "node")]
+    pub mqtt: Option<String>,
+    /// The node's site with --mqtt; taken from the node's retained status when left out.
+    // `requires` alone lets this pass beside --config, which --mqtt conflicts with.
+    #[arg(long, requires = "mqtt", conflicts_with_all = ["config", "tcp"])]
+    pub site: Option<String>,
+    /// Over MQTT, chunks in flight beyond the last one the node reported wanting.
+    #[arg(long, default_value_t = crate::flash_mqtt::DEFAULT_IN_FLIGHT)]
+    pub in_flight: u32,
+    /// Over MQTT, leave the new image on trial: run the same command again to confirm it once
+    /// your own check of the node has passed (nothing is sent again).
+    #[arg(long, requires = "mqtt", conflicts_with_all = ["config", "tcp"])]
+    pub no_confirm: bool,
     /// Request timeout in ms.
     #[arg(long, default_value_t = 2000)]
     pub timeout_ms: u64,
@@ -724,6 +720,9 @@ pub struct FlashArgs {
 pub fn run(args: FlashArgs) -> std::process::ExitCode {
     use std::io::Write as _;
     use std::process::ExitCode;
+    if args.mqtt.is_some() {
+        return crate::flash_mqtt::run(args);
+    }
     let target = match (&args.node, &args.config, &args.tcp, args.unit) {
         (Some(node), Some(config), None, _) => match crate::config::load(config) {
             Ok(c) => match ProbeTarget::from_config(&c, node) {
@@ -748,7 +747,8 @@ pub fn run(args: FlashArgs) -> std::process::ExitCode {
         },
         _ => {
             eprintln!(
-                "error: say which node: --node ID --config FILE, or --tcp HOST:PORT --unit N"
+                "error: say which node: --node ID --config FILE, --tcp HOST:PORT --unit N, or \
+                 --node ID --mqtt HOST:PORT [--site SITE]"
             );
             return ExitCode::from(2);
         }

@@ -88,6 +88,21 @@ fn the_readme_frame_decodes_to_its_three_readings() {
 }
 
 #[test]
+fn firmware_update_traffic_is_passed_by_not_refused() {
+    // A source subscribed with a wide filter (`tianzhong/#`) sees a flash's requests and the
+    // node's reports: binary, not readings, and not malformed either.
+    for topic in [
+        "tianzhong/v1/plant-a/cp-gas-07/fwupdate",
+        "tianzhong/v1/plant-a/cp-gas-07/fwstatus",
+    ] {
+        assert!(
+            matches!(parse(topic, &[0x01, 0xAC, 0x02], NOW), Ok(Parsed::Ignored)),
+            "{topic}"
+        );
+    }
+}
+
+#[test]
 fn every_kind_of_bad_message_is_refused_with_its_reason() {
     let cases: [(&str, Vec<u8>, &str); 9] = [
         (

@@ -17,6 +17,7 @@
 //! | [`topic`] | the versioned MQTT topic scheme `tianzhong/v1/{site}/{node}/{kind}` |
 //! | [`payload`] | the JSON payloads of those topics |
 //! | [`image`] | signed firmware images: header, TLV trailer, SHA-256 and ed25519 checks |
+//! | [`update`] | firmware-update messages over MQTT: offer, chunk, finish, status, confirm, and the node's report |
 //!
 //! # Features
 //!
@@ -39,6 +40,7 @@ pub mod reading;
 pub mod registers;
 pub mod topic;
 pub mod unit;
+pub mod update;
 
 pub use alarm::AlarmLevel;
 pub use id::{NodeId, SiteId};

@@ -9,6 +9,11 @@
 //! | `status` | node → gateway | [`NodeStatus`](crate::payload::NodeStatus) JSON; also the last will | yes |
 //! | `alarm` | node → gateway | [`AlarmEvent`](crate::payload::AlarmEvent) JSON | no |
 //! | `cmd` | gateway → node | [`NodeCommand`](crate::payload::NodeCommand) JSON | no |
+//! | `fwupdate` | gateway → node | binary [`UpdateRequest`](crate::update::UpdateRequest): offer, chunk, finish, status, confirm | no |
+//! | `fwstatus` | node → gateway | binary [`UpdateReport`](crate::update::UpdateReport), one per request | no |
+//!
+//! Only nodes that take firmware updates over MQTT subscribe to their `fwupdate` topic; the
+//! gateway subscribes to a node's `fwstatus` only while it updates that node.
 //!
 //! The version level lets a later scheme run beside this one on the same broker. Site and node
 //! are [ids](crate::id) and so never contain `/`, `+` or `#`.
@@ -38,16 +43,22 @@ pub enum TopicKind {
     Alarm,
     /// Commands to the node.
     Cmd,
+    /// Firmware-update requests to the node.
+    FwUpdate,
+    /// The node's firmware-update reports.
+    FwStatus,
 }
 
 impl TopicKind {
     /// All kinds.
-    pub const ALL: [TopicKind; 5] = [
+    pub const ALL: [TopicKind; 7] = [
         TopicKind::Telemetry,
         TopicKind::Frame,
         TopicKind::Status,
         TopicKind::Alarm,
         TopicKind::Cmd,
+        TopicKind::FwUpdate,
+        TopicKind::FwStatus,
     ];
 
     /// The last topic level.
@@ -58,6 +69,8 @@ impl TopicKind {
             TopicKind::Status => "status",
             TopicKind::Alarm => "alarm",
             TopicKind::Cmd => "cmd",
+            TopicKind::FwUpdate => "fwupdate",
+            TopicKind::FwStatus => "fwstatus",
         }
     }
 
@@ -70,6 +83,8 @@ impl TopicKind {
             TopicKind::Status => "tianzhong/v1/+/+/status",
             TopicKind::Alarm => "tianzhong/v1/+/+/alarm",
             TopicKind::Cmd => "tianzhong/v1/+/+/cmd",
+            TopicKind::FwUpdate => "tianzhong/v1/+/+/fwupdate",
+            TopicKind::FwStatus => "tianzhong/v1/+/+/fwstatus",
         }
     }
 }
@@ -119,9 +134,10 @@ impl fmt::Display for TopicError {
             }
             TopicError::Site(e) => write!(f, "site level: {e}"),
             TopicError::Node(e) => write!(f, "node level: {e}"),
-            TopicError::UnknownKind => {
-                f.write_str("last topic level is not one of telemetry, frame, status, alarm, cmd")
-            }
+            TopicError::UnknownKind => f.write_str(
+                "last topic level is not one of telemetry, frame, status, alarm, cmd, fwupdate, \
+                 fwstatus",
+            ),
         }
     }
 }

@@ -403,3 +403,40 @@ fn register_maps_load_from_configuration_and_are_checked() {
     let (map, _): (RegisterMap, _) = serde_json_core::from_str(past_end).unwrap();
     assert_eq!(map.validate(), Err(MapError::PastEnd(ChannelId(0))));
 }
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn readme_firmware_update_examples() {
+    use tianzhong_protocol::crc::FRAME as CRC32C;
+    use tianzhong_protocol::update::{Answers, Phase, Reason, UpdateReport, UpdateRequest};
+
+    let chunk = unhex(example("hex", "fwupdate-chunk"));
+    let UpdateRequest::Chunk { index, crc, data } = UpdateRequest::decode(&chunk).unwrap() else {
+        panic!("not a chunk");
+    };
+    assert_eq!((index, data), (300, &[0xDE, 0xAD][..]));
+    assert_eq!(crc, CRC32C.checksum(data));
+    assert_eq!(crc, 0x23c8_d151);
+
+    let report = UpdateReport::decode(&unhex(example("hex", "fwstatus"))).unwrap();
+    assert_eq!(
+        (
+            report.answers,
+            report.phase,
+            report.next_chunk,
+            report.chunks
+        ),
+        (Answers::Chunk, Phase::Receiving, 5, 40)
+    );
+    assert_eq!(
+        (report.chunk_size, report.reason(), report.trial),
+        (1024, Some(Reason::OutOfOrder), false)
+    );
+    assert_eq!(report.running.to_string(), "1.2.300");
+}

@@ -41,6 +41,7 @@ use crate::fault::Fault;
 use crate::signal::{Component, Signal, SignalError};
 use crate::truth::{GroundTruth, SampleRecord};
 use crate::update::NodeUpdate;
+use tianzhong_protocol::update::{UpdateMessageError, UpdateReport, UpdateRequest};
 
 /// Which simulated sensor a channel reads.
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
@@ -197,6 +198,17 @@ struct Channel {
     signal: Signal,
     hardware: Hardware,
     last_physical: f64,
+}
+
+/// What a node did with an MQTT firmware-update message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MqttUpdate {
+    /// The report to publish on the node's `fwstatus` topic; `None` when the node lost power.
+    pub report: Option<UpdateReport>,
+    /// Why the message was not an update request, when it was not.
+    pub malformed: Option<UpdateMessageError>,
+    /// The node reset (into a staged image, or after a power cut): its connection goes too.
+    pub reset: bool,
 }
 
 /// A sample round: the values one sampling instant produced.
@@ -723,10 +735,50 @@ impl VirtualNode {
             _ => {}
         }
         let handled = pdu::handle(request, &mut update.bank(core), out);
+        self.reset_after_update(failure, now);
+        handled
+    }
+
+    /// A message from the node's MQTT `fwupdate` topic, with the firmware-update failures among
+    /// `faults` applied as over Modbus ([`Fault::UpdatePowerCut`] from chunk 8,
+    /// [`Fault::UpdateDamaged`] at the finish, [`Fault::UpdateRollback`] after the reset).
+    /// After a staged image or a power cut the node resets, as over Modbus.
+    pub fn mqtt_update(&mut self, payload: &[u8], now: SimMs, faults: &[Fault]) -> MqttUpdate {
+        let failure = faults.iter().find(|f| f.is_update_failure());
+        let model = self.identity.model.clone();
+        let update = self
+            .update
+            .get_or_insert_with(|| Box::new(NodeUpdate::new(&model)));
+        match (failure, UpdateRequest::decode(payload)) {
+            (Some(Fault::UpdateDamaged), Ok(UpdateRequest::Finish)) => update.damage_received(),
+            (Some(Fault::UpdatePowerCut), Ok(UpdateRequest::Chunk { index, .. })) if index >= 8 => {
+                update.cut_power_at(1)
+            }
+            _ => {}
+        }
+        let handled = update.mqtt(payload);
+        // A node whose power failed sends nothing.
+        let powered = !update.power_failed();
+        let reset = update.must_reset();
+        self.reset_after_update(failure, now);
+        MqttUpdate {
+            report: powered.then_some(handled.report),
+            malformed: handled.malformed,
+            reset,
+        }
+    }
+
+    /// After an update request: if an image was staged or the power failed, the node resets
+    /// and boots what the bootloader decides, reports that image's version in its identity
+    /// block, and starts its core afresh.
+    fn reset_after_update(&mut self, failure: Option<&Fault>, now: SimMs) {
+        let Some(update) = self.update.as_mut() else {
+            return;
+        };
         if update.must_reset() {
             update.reset();
             if failure == Some(&Fault::UpdateRollback) {
-                // The new image crashes before the health poll confirms it: the node resets
+                // The new image crashes before the health check confirms it: the node resets
                 // again and again until the bootloader gives up on the trial and reverts.
                 for _ in 0..8 {
                     if !matches!(update.running.kind, crate::update::BootKind::Trial { .. }) {
@@ -739,7 +791,6 @@ impl VirtualNode {
             self.identity.firmware = update.running.header.version;
             self.reboot(now);
         }
-        handled
     }
 
     /// The firmware version the node runs and reports in its identity block: the simulator's

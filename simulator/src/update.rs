@@ -1,12 +1,15 @@
 //! Firmware updates on a virtual node: the firmware's real update receiver, boot state and
 //! boot decision on simulated NOR flash whose power can be cut at any write or erase.
 //!
-//! A node gets its update flash on the first file-record request (function 20 or 21), so a
-//! fleet that is never updated costs nothing. Its slot A then holds a factory image, version
+//! A node gets its update flash on the first file-record request (function 20 or 21) or, for an
+//! MQTT node, the first message on its `fwupdate` topic, so a fleet that is never updated costs
+//! nothing. Both transports drive the same update session ([`NodeUpdate::mqtt`] runs the
+//! firmware's MQTT handler over the session behind the update files). Its slot A then holds a factory image, version
 //! 1.0.0, signed with the [simulator's key](SIM_SIGNING_SECRET) for the node's model, hardware
 //! revision 1. When an image is staged the node resets into it (as the firmware does after a
-//! successful finish), reports the new version in the node profile's identity block, and
-//! confirms it on the first read of its registers after that boot: the gateway's health poll.
+//! successful finish), reports the new version in the node profile's identity block (and, over
+//! MQTT, in its online status), and confirms it on the gateway's health check: over Modbus the
+//! first read of its registers after that boot, over MQTT the gateway's confirm message.
 //!
 //! # Flash
 //!
@@ -21,7 +24,9 @@ use tianzhong_firmware::modbus::{Exception, RegisterBank};
 use tianzhong_firmware::sim::PowerCutFlash;
 pub use tianzhong_firmware::update::BootKind;
 use tianzhong_firmware::update::boot::{self, BootDecision};
-use tianzhong_firmware::update::modbus_files::{UpdateFiles, phase};
+use tianzhong_firmware::update::modbus_files::UpdateFiles;
+use tianzhong_firmware::update::mqtt::{self, Handled};
+use tianzhong_firmware::update::session::Phase;
 use tianzhong_firmware::update::{BootPolicy, FlashLayout, Trust, UpdateReceiver};
 use tianzhong_firmware::update::{TrialLimit, TrialStep, TrialWatch};
 use tianzhong_protocol::image::signature;
@@ -196,17 +201,18 @@ impl NodeUpdate {
 
     /// Whether the node must reset now: the power failed, or an image was staged.
     pub fn must_reset(&mut self) -> bool {
-        self.files.flash_mut().power_failed() || self.staged()
+        self.power_failed() || self.files.session_mut().phase() == Phase::Staged
     }
 
-    fn staged(&mut self) -> bool {
-        let mut status = [0u16; 1];
-        let _ = self.files.read_file_record(
-            tianzhong_firmware::update::modbus_files::STATUS_FILE,
-            0,
-            &mut status,
-        );
-        status[0] == phase::STAGED
+    /// Whether the power failed during the last flash operations (the node did not answer).
+    pub fn power_failed(&mut self) -> bool {
+        self.files.flash_mut().power_failed()
+    }
+
+    /// A message from the node's `fwupdate` topic, taken by the firmware's MQTT handler over the
+    /// session the update files also drive.
+    pub fn mqtt(&mut self, payload: &[u8]) -> Handled {
+        mqtt::handle_payload(self.files.session_mut(), &mut self.running, payload)
     }
 }
 

@@ -215,3 +215,110 @@ fn a_trial_never_polled_resets_at_the_time_limit_and_reverts_after_three_boots()
     n.advance_to(10 * limit_ms, &[]);
     assert_eq!(reported_version(&mut n), v(1, 0, 0));
 }
+
+mod over_mqtt {
+    //! The same node over MQTT messages: the firmware's MQTT handler on the same session and
+    //! flash, with the simulator's update faults.
+
+    use super::*;
+    use tianzhong_protocol::update::{
+        MAX_REQUEST_LEN, MQTT_CHUNK, Phase, Reason, UpdateReport, UpdateRequest,
+    };
+    use tianzhong_simulator::fault::Fault;
+    use tianzhong_simulator::node::MqttUpdate;
+
+    fn send(n: &mut VirtualNode, request: &UpdateRequest<'_>, faults: &[Fault]) -> MqttUpdate {
+        let mut buf = [0u8; MAX_REQUEST_LEN];
+        n.mqtt_update(request.encode(&mut buf).unwrap(), 0, faults)
+    }
+
+    fn report(n: &mut VirtualNode, request: &UpdateRequest<'_>) -> UpdateReport {
+        send(n, request, &[])
+            .report
+            .expect("a powered node answers")
+    }
+
+    fn offer(image: &[u8]) -> UpdateRequest<'static> {
+        UpdateRequest::Offer {
+            header: image[..64].try_into().unwrap(),
+            digest: ImageFile::parse(image).unwrap().trailer.digest,
+            chunk_size: MQTT_CHUNK,
+        }
+    }
+
+    fn chunk(image: &[u8], index: u32) -> UpdateRequest<'_> {
+        let size = usize::from(MQTT_CHUNK);
+        let start = index as usize * size;
+        let data = &image[start..(start + size).min(image.len())];
+        UpdateRequest::Chunk {
+            index,
+            crc: CRC32C.checksum(data),
+            data,
+        }
+    }
+
+    #[test]
+    fn a_power_cut_resets_the_node_without_an_answer_and_the_offer_resumes() {
+        let mut n = node();
+        let image = sim_image(MODEL, v(1, 1, 0), 2, 20 * 1024);
+        let chunks = report(&mut n, &offer(&image)).chunks;
+        assert!(chunks > 10, "{chunks}");
+        let cut = [Fault::UpdatePowerCut];
+        for i in 0..8 {
+            let done = send(&mut n, &chunk(&image, i), &cut);
+            assert_eq!(done.report.map(|r| r.next_chunk), Some(i + 1));
+            assert!(!done.reset);
+        }
+        // From chunk 8 the power fails at the chunk's first flash operation: no answer, a reset.
+        let done = send(&mut n, &chunk(&image, 8), &cut);
+        assert_eq!((done.report, done.reset), (None, true));
+        assert_eq!(n.running_firmware(), v(1, 0, 0));
+        let r = report(&mut n, &UpdateRequest::Status);
+        assert_eq!((r.phase, r.next_chunk), (Phase::Idle, 0));
+        // Chunks before the reset are not offered again: the flash says where the transfer was.
+        let r = report(&mut n, &offer(&image));
+        assert_eq!((r.phase, r.next_chunk), (Phase::Receiving, 8));
+        for i in 8..chunks {
+            assert_eq!(report(&mut n, &chunk(&image, i)).next_chunk, i + 1);
+        }
+        let done = send(&mut n, &UpdateRequest::Finish, &[]);
+        assert!(done.reset);
+        assert_eq!(done.report.map(|r| r.phase), Some(Phase::Staged));
+        assert_eq!(n.running_firmware(), v(1, 1, 0));
+        // On trial until the gateway's confirm; register reads do not confirm an MQTT update.
+        assert!(report(&mut n, &UpdateRequest::Status).trial);
+        let r = report(
+            &mut n,
+            &UpdateRequest::Confirm {
+                version: v(1, 1, 0),
+            },
+        );
+        assert_eq!((r.reason, r.trial), (0, false));
+        assert_eq!(n.firmware_update().running.kind, BootKind::Confirmed);
+    }
+
+    #[test]
+    fn a_new_image_that_crashes_before_its_confirm_is_given_up() {
+        let mut n = node();
+        let image = sim_image(MODEL, v(1, 1, 0), 2, 6 * 1024);
+        let chunks = report(&mut n, &offer(&image)).chunks;
+        for i in 0..chunks {
+            report(&mut n, &chunk(&image, i));
+        }
+        let done = send(&mut n, &UpdateRequest::Finish, &[Fault::UpdateRollback]);
+        assert!(done.reset);
+        // Staged, then rebooted until the bootloader gave the trial up.
+        assert_eq!(done.report.map(|r| r.phase), Some(Phase::Staged));
+        assert_eq!(n.running_firmware(), v(1, 0, 0));
+        let r = report(
+            &mut n,
+            &UpdateRequest::Confirm {
+                version: v(1, 1, 0),
+            },
+        );
+        assert_eq!(
+            (r.reason(), r.running, r.trial),
+            (Some(Reason::ConfirmOtherVersion), v(1, 0, 0), false)
+        );
+    }
+}

@@ -21,7 +21,9 @@
 //! | [`boot`] | [`decide`](boot::decide): which slot to boot, as a function of flash contents |
 //! | [`handoff`] | the bootloader's last checks before it jumps: the chosen image's vector table fits its slot |
 //! | [`trial`] | the trial's time limit: confirm on the gateway's health poll, or reset when the limit passes |
+//! | [`session`] | what every transport keeps beside the receiver: phase, last refusal and its [reason](tianzhong_protocol::update::Reason) |
 //! | [`modbus_files`] | the receiver behind Modbus file records (21 write, 20 read): offer, chunks, finish, status |
+//! | [`mqtt`] | the receiver behind MQTT update messages: a request in, a report out, confirm included |
 //!
 //! # Life of an update
 //!
@@ -51,7 +53,9 @@ pub mod flash;
 pub mod handoff;
 pub mod layout;
 pub mod modbus_files;
+pub mod mqtt;
 pub mod receiver;
+pub mod session;
 pub mod transfer;
 pub mod trial;
 pub mod verify;

@@ -55,12 +55,11 @@
 //! the reason is in the status.
 
 use embedded_storage::nor_flash::NorFlash;
-use tianzhong_protocol::image::signature::SignatureRefusal;
-use tianzhong_protocol::image::{HEADER_LEN, Refusal};
-
 use tianzhong_protocol::crc::FRAME as CRC32C;
+use tianzhong_protocol::image::HEADER_LEN;
 
 use super::receiver::{UpdateError, UpdateReceiver};
+use super::session::{Phase, UpdateSession, reason_of};
 use crate::modbus::Exception;
 
 /// The offer file.
@@ -102,56 +101,20 @@ pub mod phase {
     pub const FAILED: u16 = 3;
 }
 
-/// The status code of an update error, as register 5 of the status gives it.
-///
-/// | code | reason |
-/// |---|---|
-/// | 1 | wrong hardware model or revision |
-/// | 2 | security counter lower than the running image's |
-/// | 3 | image too large for a slot |
-/// | 4 | SHA-256 differs from the trailer's (altered or damaged) |
-/// | 5 | signed with a key the node does not trust |
-/// | 6 | signature invalid |
-/// | 7 | malformed header |
-/// | 8 | malformed trailer |
-/// | 9 | bad chunk size |
-/// | 10 | an image on trial must be confirmed first |
-/// | 11 | no transfer in progress |
-/// | 12 | chunk out of order |
-/// | 13 | no such chunk |
-/// | 14 | chunk of the wrong length |
-/// | 15 | chunk CRC mismatch |
-/// | 16 | finish before every chunk is in |
-/// | 17 | header received differs from the header offered |
-/// | 18 | SHA-256 differs from the one offered |
-/// | 19 | flash failure |
-/// | 20 | update regions do not fit the flash |
+/// The status code of an update error, as register 5 of the status gives it: the code of its
+/// [`Reason`](tianzhong_protocol::update::Reason), whose table lists them (codes 1 to 20 are
+/// the ones a Modbus transfer meets).
 pub fn error_code(e: &UpdateError) -> u16 {
-    match e {
-        UpdateError::Refused(r) => match r {
-            Refusal::WrongHardware { .. } => 1,
-            Refusal::SecurityCounterTooLow { .. } => 2,
-            Refusal::TooLarge { .. } => 3,
-            Refusal::DigestMismatch { .. } => 4,
-            Refusal::UnknownKey => 5,
-            Refusal::Signature(SignatureRefusal::Invalid)
-            | Refusal::Signature(SignatureRefusal::MalformedPublicKey)
-            | Refusal::Signature(SignatureRefusal::WeakPublicKey) => 6,
-        },
-        UpdateError::Header(_) => 7,
-        UpdateError::Trailer(_) => 8,
-        UpdateError::BadChunkSize { .. } => 9,
-        UpdateError::TrialPending { .. } => 10,
-        UpdateError::NoTransfer => 11,
-        UpdateError::OutOfOrder { .. } => 12,
-        UpdateError::NoSuchChunk { .. } => 13,
-        UpdateError::ChunkLength { .. } => 14,
-        UpdateError::ChunkCrc { .. } => 15,
-        UpdateError::Incomplete { .. } => 16,
-        UpdateError::HeaderMismatch => 17,
-        UpdateError::OfferDigestMismatch => 18,
-        UpdateError::Flash(_) => 19,
-        UpdateError::Layout(_) => 20,
+    reason_of(e).code()
+}
+
+/// The status register of a phase.
+fn phase_register(p: Phase) -> u16 {
+    match p {
+        Phase::Idle => phase::IDLE,
+        Phase::Receiving => phase::RECEIVING,
+        Phase::Staged => phase::STAGED,
+        Phase::Failed => phase::FAILED,
     }
 }
 
@@ -163,17 +126,15 @@ enum StreamOutcome {
 /// The update files of a node: its receiver and the flash it writes.
 #[derive(Debug)]
 pub struct UpdateFiles<F> {
-    receiver: UpdateReceiver,
-    flash: F,
-    phase: u16,
-    last_error: Option<UpdateError>,
-    chunk_size: u16,
-    chunks: u32,
+    session: UpdateSession<F>,
     /// The session tag of the transfer offered (first two bytes of its SHA-256).
     tag: u16,
     /// The bytes of chunk `next_chunk` collected from stream writes so far.
     stream: [u8; STREAM_MAX_CHUNK],
     stream_len: usize,
+    /// The chunk whose bytes `stream` holds: a chunk taken meanwhile by another path (the
+    /// chunk file, or MQTT on the same session) makes them stale.
+    stream_chunk: u32,
 }
 
 /// Why a stream write was not taken; none of these changes the node's state.
@@ -202,64 +163,47 @@ impl<F: NorFlash> UpdateFiles<F> {
     /// The files over `receiver` and `flash`.
     pub fn new(receiver: UpdateReceiver, flash: F) -> UpdateFiles<F> {
         UpdateFiles {
-            receiver,
-            flash,
-            phase: phase::IDLE,
-            last_error: None,
-            chunk_size: 0,
-            chunks: 0,
+            session: UpdateSession::new(receiver, flash),
             tag: 0,
             stream: [0; STREAM_MAX_CHUNK],
             stream_len: 0,
+            stream_chunk: 0,
         }
     }
 
     /// A reset of the node: the receiver forgets everything the flash does not hold.
     pub fn reset(&mut self) {
-        self.receiver = UpdateReceiver::new(*self.receiver.layout(), self.receiver.trust().clone());
-        self.phase = phase::IDLE;
-        self.last_error = None;
-        self.chunk_size = 0;
-        self.chunks = 0;
+        self.session.reset();
         self.tag = 0;
         self.stream_len = 0;
     }
 
     /// The flash, e.g. for the bootloader's decision after a reset.
     pub fn flash_mut(&mut self) -> &mut F {
-        &mut self.flash
+        self.session.flash_mut()
+    }
+
+    /// The session behind the files, for another transport of the same node (MQTT).
+    pub fn session_mut(&mut self) -> &mut UpdateSession<F> {
+        &mut self.session
     }
 
     /// Gives back receiver and flash.
     pub fn release(self) -> (UpdateReceiver, F) {
-        (self.receiver, self.flash)
+        self.session.release()
     }
 
     /// The last refusal or failure, with its full reason.
     pub fn last_error(&self) -> Option<&UpdateError> {
-        self.last_error.as_ref()
+        self.session.last_error()
     }
 
-    fn fail(&mut self, e: UpdateError) -> Exception {
-        let exception = match e {
+    /// The exception answering a refusal the session has recorded.
+    fn exception(e: UpdateError) -> Exception {
+        match e {
             UpdateError::Flash(_) => Exception::ServerDeviceFailure,
             _ => Exception::IllegalDataValue,
-        };
-        // A chunk refused mid-transfer leaves the transfer going: the status says why, and
-        // the phase stays "receiving" so the gateway re-sends.
-        let keeps_going = matches!(
-            e,
-            UpdateError::ChunkCrc { .. }
-                | UpdateError::ChunkLength { .. }
-                | UpdateError::OutOfOrder { .. }
-                | UpdateError::NoSuchChunk { .. }
-                | UpdateError::Incomplete { .. }
-        ) && self.receiver.progress().is_some();
-        if !keeps_going {
-            self.phase = phase::FAILED;
         }
-        self.last_error = Some(e);
-        exception
     }
 
     /// Function code 21 on the update files.
@@ -280,76 +224,64 @@ impl<F: NorFlash> UpdateFiles<F> {
                 bytes_of(&data[32..48], &mut digest);
                 let chunk_size = data[48];
                 self.stream_len = 0;
-                match self
-                    .receiver
-                    .offer(&mut self.flash, &header, &digest, chunk_size)
-                {
-                    Ok(a) => {
-                        self.phase = phase::RECEIVING;
-                        self.last_error = None;
-                        self.chunk_size = chunk_size;
-                        self.chunks = a.chunks;
-                        self.tag = u16::from_be_bytes([digest[0], digest[1]]);
-                        Ok(())
-                    }
-                    Err(e) => Err(self.fail(e)),
-                }
+                self.session
+                    .offer(&header, &digest, chunk_size)
+                    .map_err(Self::exception)?;
+                self.tag = u16::from_be_bytes([digest[0], digest[1]]);
+                Ok(())
             }
             CHUNK_FILE => {
-                let Some(progress) = self.receiver.progress() else {
-                    return Err(self.fail(UpdateError::NoTransfer));
-                };
+                if self.session.receiver().progress().is_none() {
+                    return Err(Self::exception(
+                        self.session.refuse(UpdateError::NoTransfer),
+                    ));
+                }
                 let index = u32::from(record);
                 let (regs, crc) = match data.len().checked_sub(2) {
                     Some(n) if n > 0 => (&data[..n], &data[n..]),
                     _ => {
-                        return Err(self.fail(UpdateError::ChunkLength {
-                            index,
-                            expected: usize::from(self.chunk_size),
-                            got: 0,
-                        }));
+                        let expected = self.session.chunk_len(index);
+                        return Err(Self::exception(self.session.refuse(
+                            UpdateError::ChunkLength {
+                                index,
+                                expected,
+                                got: 0,
+                            },
+                        )));
                     }
                 };
                 let crc = (u32::from(crc[0]) << 16) | u32::from(crc[1]);
                 // The chunk's length is the receiver's to know: the full chunk size, or what
                 // is left of the image for the last one.
                 let mut buf = [0u8; 244];
-                let len = self.chunk_len(index, progress.chunks).min(2 * regs.len());
+                let len = self.session.chunk_len(index).min(2 * regs.len());
                 if 2 * regs.len() > buf.len() || regs.len() != len.div_ceil(2) {
-                    return Err(self.fail(UpdateError::ChunkLength {
-                        index,
-                        expected: len,
-                        got: 2 * regs.len(),
-                    }));
+                    return Err(Self::exception(self.session.refuse(
+                        UpdateError::ChunkLength {
+                            index,
+                            expected: len,
+                            got: 2 * regs.len(),
+                        },
+                    )));
                 }
                 bytes_of(regs, &mut buf[..len]);
                 // A chunk written here makes what a stream collected of it stale.
                 self.stream_len = 0;
-                match self
-                    .receiver
-                    .chunk(&mut self.flash, index, &buf[..len], crc)
-                {
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(self.fail(e)),
-                }
+                self.session
+                    .chunk(index, &buf[..len], crc)
+                    .map(|_| ())
+                    .map_err(Self::exception)
             }
             STREAM_FILE => match self.stream_write(record, data) {
                 Ok(()) => Ok(()),
                 Err(StreamOutcome::Ignored(_)) => Err(Exception::IllegalDataValue),
-                Err(StreamOutcome::Failed(e)) => Err(self.fail(e)),
+                Err(StreamOutcome::Failed(e)) => Err(Self::exception(e)),
             },
             FINISH_FILE => {
                 if record != 0 || data != [FINISH_MAGIC] {
                     return Err(Exception::IllegalDataValue);
                 }
-                match self.receiver.finish(&mut self.flash) {
-                    Ok(_) => {
-                        self.phase = phase::STAGED;
-                        self.last_error = None;
-                        Ok(())
-                    }
-                    Err(e) => Err(self.fail(e)),
-                }
+                self.session.finish().map(|_| ()).map_err(Self::exception)
             }
             _ => Err(Exception::IllegalDataAddress),
         }
@@ -360,20 +292,22 @@ impl<F: NorFlash> UpdateFiles<F> {
     fn stream_write(&mut self, record: u16, data: &[u16]) -> Result<(), StreamOutcome> {
         use StreamIgnored::*;
         let ignored = |why| Err(StreamOutcome::Ignored(why));
-        let Some(progress) = self.receiver.progress() else {
+        let Some(progress) = self.session.receiver().progress() else {
             return ignored(NotReceiving);
         };
-        if self.phase != phase::RECEIVING {
+        if self.session.phase() != Phase::Receiving {
             return ignored(NotReceiving);
         }
-        let (Some((&tag, rest)), Some(total)) = (data.split_first(), self.receiver.image_len())
+        let (Some((&tag, rest)), Some(total)) =
+            (data.split_first(), self.session.receiver().image_len())
         else {
             return ignored(Malformed);
         };
         if tag != self.tag {
             return ignored(OtherSession);
         }
-        let size = usize::from(self.chunk_size);
+        let chunk_size = self.session.status().chunk_size;
+        let size = usize::from(chunk_size);
         if size > STREAM_MAX_CHUNK || !(size as u32).is_multiple_of(STREAM_UNIT) {
             return ignored(ChunkSize);
         }
@@ -383,7 +317,10 @@ impl<F: NorFlash> UpdateFiles<F> {
         let (regs, crc) = rest.split_at(n_regs);
         let crc = (u32::from(crc[0]) << 16) | u32::from(crc[1]);
         let offset = u32::from(record) * STREAM_UNIT;
-        let chunk_start = progress.next_chunk * u32::from(self.chunk_size);
+        if self.stream_chunk != progress.next_chunk {
+            self.stream_len = 0;
+        }
+        let chunk_start = progress.next_chunk * u32::from(chunk_size);
         let expected = chunk_start + self.stream_len as u32;
         // At the start of the chunk wanted the gateway has gone back: start that chunk over.
         let collected = if offset == chunk_start {
@@ -414,7 +351,7 @@ impl<F: NorFlash> UpdateFiles<F> {
         let mut next = progress.next_chunk;
         let mut bytes = bytes;
         while !bytes.is_empty() {
-            let want = self.chunk_len(next, progress.chunks);
+            let want = self.session.chunk_len(next);
             let take = (want - self.stream_len).min(bytes.len());
             self.stream[self.stream_len..self.stream_len + take].copy_from_slice(&bytes[..take]);
             self.stream_len += take;
@@ -427,7 +364,7 @@ impl<F: NorFlash> UpdateFiles<F> {
             // of a CRC computed here only guards the copy into this buffer.
             let chunk_crc = CRC32C.checksum(chunk);
             self.stream_len = 0;
-            match self.receiver.chunk(&mut self.flash, next, chunk, chunk_crc) {
+            match self.session.chunk(next, chunk, chunk_crc) {
                 Ok(ack) => next = ack.next_chunk,
                 Err(e) => return Err(StreamOutcome::Failed(e)),
             }
@@ -435,6 +372,7 @@ impl<F: NorFlash> UpdateFiles<F> {
                 break;
             }
         }
+        self.stream_chunk = next;
         Ok(())
     }
 
@@ -442,24 +380,10 @@ impl<F: NorFlash> UpdateFiles<F> {
     pub fn stream_check(&mut self, record: u16, data: &[u16]) -> Option<StreamIgnored> {
         match self.stream_write(record, data) {
             Err(StreamOutcome::Ignored(why)) => Some(why),
-            Err(StreamOutcome::Failed(e)) => {
-                let _ = self.fail(e);
-                None
-            }
+            // The session has recorded the failure.
+            Err(StreamOutcome::Failed(_)) => None,
             Ok(()) => None,
         }
-    }
-
-    /// Bytes of chunk `index`: the chunk size, except for the last chunk.
-    fn chunk_len(&self, index: u32, chunks: u32) -> usize {
-        let size = usize::from(self.chunk_size);
-        if index + 1 < chunks {
-            return size;
-        }
-        self.receiver
-            .image_len()
-            .map(|total| total as usize - (chunks as usize - 1) * size)
-            .unwrap_or(size)
     }
 
     /// Function code 20 on the update files.
@@ -472,15 +396,15 @@ impl<F: NorFlash> UpdateFiles<F> {
         if file != STATUS_FILE || record != 0 || out.len() > STATUS_REGISTERS {
             return Err(Exception::IllegalDataAddress);
         }
-        let next = self.receiver.progress().map_or(0, |p| p.next_chunk);
+        let s = self.session.status();
         let status = [
-            self.phase,
-            (next >> 16) as u16,
-            next as u16,
-            (self.chunks >> 16) as u16,
-            self.chunks as u16,
-            self.last_error.as_ref().map_or(0, error_code),
-            self.chunk_size,
+            phase_register(s.phase),
+            (s.next_chunk >> 16) as u16,
+            s.next_chunk as u16,
+            (s.chunks >> 16) as u16,
+            s.chunks as u16,
+            s.reason,
+            s.chunk_size,
             0,
         ];
         out.copy_from_slice(&status[..out.len()]);

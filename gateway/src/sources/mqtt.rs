@@ -142,7 +142,9 @@ pub fn parse(topic: &str, payload: &[u8], now_ms: u64) -> Result<Parsed, Refused
                 .map_err(|e| refused(payload_reason(&e), format!("alarm: {e}")))?;
             Ok(Parsed::Ignored)
         }
-        TopicKind::Cmd => Ok(Parsed::Ignored),
+        // Commands and firmware updates are the gateway's own traffic or a flash's, not
+        // readings; a source subscribed to them by a wide filter passes them by.
+        TopicKind::Cmd | TopicKind::FwUpdate | TopicKind::FwStatus => Ok(Parsed::Ignored),
     }
 }
 
@@ -153,6 +155,8 @@ fn kind_label(topic: &str) -> &'static str {
         Some("status") => "status",
         Some("alarm") => "alarm",
         Some("cmd") => "cmd",
+        Some("fwupdate") => "fwupdate",
+        Some("fwstatus") => "fwstatus",
         _ => "other",
     }
 }

@@ -12,6 +12,18 @@
 //! | each publishing instant | `…/telemetry` | [`Telemetry`] of one sample round: its `seq`, `ts` = the round's Unix ms | 1, no |
 //! | a channel's local alarm level changes | `…/alarm` | [`AlarmEvent`] | 1, no |
 //! | the node leaves gracefully | `…/status` | [`NodeStatus`], offline, with `ts` | 1, retained |
+//! | each message on its `…/fwupdate` topic | `…/fwstatus` | [`UpdateReport`] from the firmware's MQTT update handler | 1, no |
+//!
+//! # Firmware updates
+//!
+//! On every connect a node subscribes to its `…/fwupdate` topic at QoS 1 and hands each message
+//! to [`VirtualNode::mqtt_update`](crate::node::VirtualNode::mqtt_update): the firmware's own
+//! MQTT update handler over the node's simulated power-cut flash, shared with the Modbus update
+//! files ([`crate::update`]). The report goes back on `…/fwstatus`. When a finish has staged an
+//! image the node resets: it sends DISCONNECT once the report is acknowledged (so no will),
+//! reconnects at once and publishes its online status with the version it now runs. The new
+//! image is on trial until the gateway's confirm message arrives. A power cut
+//! ([`Fault::UpdatePowerCut`]) resets the node without a report and without DISCONNECT.
 //!
 //! **Publishing instants.** A node publishes the first sample round taken at or after each
 //! multiple of the bus's `publish_every_s` simulated seconds — that is, its latest sample every
@@ -77,6 +89,7 @@ use tianzhong_protocol::payload::{
 };
 use tianzhong_protocol::registers::widen_f32;
 use tianzhong_protocol::topic::{MAX_TOPIC_LEN, Topic, TopicKind};
+use tianzhong_protocol::update::{MAX_REPORT_LEN, MAX_REQUEST_LEN, UpdateReport};
 use tianzhong_protocol::{AlarmLevel, ChannelId, NodeId, Quality, Quantity, SiteId};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
@@ -121,6 +134,10 @@ const PAYLOAD_BUF: usize = 1024;
 /// Largest packet a node sends: a PUBLISH of the longest topic and the largest payload.
 const MAX_PACKET: usize = 1 + 4 + 2 + MAX_TOPIC_LEN + 2 + PAYLOAD_BUF;
 
+/// Largest message a node takes from the broker (remaining length): a firmware-update request
+/// with the longest topic.
+const MAX_INCOMING: usize = 2 + MAX_TOPIC_LEN + 2 + MAX_REQUEST_LEN;
+
 /// A snapshot of an MQTT bus's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct MqttStats {
@@ -150,6 +167,14 @@ pub struct MqttStats {
     pub backpressure: u64,
     /// Rounds dropped because a node task fell [`INBOX_LIMIT`] rounds behind.
     pub lagged: u64,
+    /// Firmware-update messages taken from `…/fwupdate`.
+    pub update_requests: u64,
+    /// Of those, payloads that were not update requests (answered as malformed).
+    pub update_malformed: u64,
+    /// Update reports the broker acknowledged.
+    pub update_reports: u64,
+    /// Resets after an update request: into a staged image, or after a power cut.
+    pub update_resets: u64,
 }
 
 #[derive(Default)]
@@ -167,6 +192,10 @@ struct Counters {
     skipped_offline: AtomicU64,
     backpressure: AtomicU64,
     lagged: AtomicU64,
+    update_requests: AtomicU64,
+    update_malformed: AtomicU64,
+    update_reports: AtomicU64,
+    update_resets: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -190,6 +219,10 @@ impl Counters {
             skipped_offline: get(&self.skipped_offline),
             backpressure: get(&self.backpressure),
             lagged: get(&self.lagged),
+            update_requests: get(&self.update_requests),
+            update_malformed: get(&self.update_malformed),
+            update_reports: get(&self.update_reports),
+            update_resets: get(&self.update_resets),
         }
     }
 }
@@ -381,6 +414,7 @@ enum Sent {
     Malformed,
     Alarm,
     Status,
+    UpdateReport,
 }
 
 /// Why a connection ended.
@@ -390,6 +424,8 @@ enum End {
     Left,
     /// Closed abruptly for [`Fault::DropConnection`].
     Dropped,
+    /// The node reset after an update request; it reconnects at once.
+    Reset,
     Failed(mqtt_client::Error),
 }
 
@@ -449,6 +485,8 @@ struct NodeTask {
     /// Failed attempts since the last successful connect.
     failures: u32,
     leaving: bool,
+    /// Disconnecting to reset into a staged image.
+    resetting: bool,
     stopping: bool,
     hold_down: bool,
     skew_ms: i64,
@@ -494,6 +532,7 @@ impl NodeTask {
             ever_connected: false,
             failures: 0,
             leaving: false,
+            resetting: false,
             stopping: false,
             hold_down: active.disconnect,
             skew_ms: active.skew_ms,
@@ -515,13 +554,14 @@ impl NodeTask {
             self.conn = None;
             self.set_up(false);
             self.leaving = false;
+            self.resetting = false;
             // A node that was leaving for good does not come back, however its connection ended.
             if self.stopping {
                 return;
             }
             let pause = match end {
                 End::Shutdown => return,
-                End::Left => continue,
+                End::Left | End::Reset => continue,
                 End::Dropped => self.backoff.next(),
                 End::Failed(error) => {
                     bump(&self.context.counters.connection_errors);
@@ -566,9 +606,22 @@ impl NodeTask {
                     Ok(Event::Disconnected) => {
                         return if self.stopping {
                             End::Shutdown
+                        } else if self.resetting {
+                            End::Reset
                         } else {
                             End::Left
                         };
+                    }
+                    Ok(Event::Subscribed) => {
+                        debug!(node = %self.id, topic = %self.topic(TopicKind::FwUpdate), "subscribed");
+                    }
+                    Ok(Event::SubscribeRefused) => {
+                        warn!(node = %self.id, topic = %self.topic(TopicKind::FwUpdate), "the broker refused the subscription; no firmware updates over MQTT");
+                    }
+                    Ok(Event::Message { topic, payload }) => {
+                        if let Some(end) = self.on_update(&topic, &payload) {
+                            return end;
+                        }
                     }
                     Err(error) => return End::Failed(error),
                 },
@@ -623,6 +676,64 @@ impl NodeTask {
         self.ever_connected = true;
         info!(node = %self.id, broker = %self.context.broker, "MQTT connected");
         self.publish_status(true);
+        let topic = self.topic(TopicKind::FwUpdate);
+        if let Some(Err(error)) = self
+            .conn
+            .as_mut()
+            .map(|c| c.subscribe(&topic, QoS::AtLeastOnce))
+        {
+            warn!(node = %self.id, %topic, %error, "cannot subscribe; no firmware updates over MQTT");
+        }
+    }
+
+    /// A message on the node's `fwupdate` topic: the firmware's handler takes it, the report
+    /// goes back on `fwstatus`, and the node resets if it must.
+    fn on_update(&mut self, topic: &str, payload: &[u8]) -> Option<End> {
+        let counters = &self.context.counters;
+        bump(&counters.update_requests);
+        let faults =
+            self.context
+                .fleet
+                .faults
+                .active(&self.id, &self.context.bus, self.last_time_ms);
+        let done =
+            self.context
+                .fleet
+                .node(self.index)
+                .mqtt_update(payload, self.last_time_ms, &faults);
+        if let Some(error) = &done.malformed {
+            bump(&self.context.counters.update_malformed);
+            warn!(node = %self.id, %topic, %error, "not a firmware-update request; answered as malformed");
+        }
+        if done.reset {
+            bump(&self.context.counters.update_resets);
+        }
+        let Some(report) = done.report else {
+            info!(node = %self.id, "power cut during a firmware update: resetting without a reply");
+            return Some(End::Reset);
+        };
+        self.publish_report(&report);
+        if done.reset {
+            info!(node = %self.id, version = %report.running, "image staged: resetting into it");
+            self.resetting = true;
+            if let Some(conn) = self.conn.as_mut() {
+                conn.disconnect();
+            }
+        }
+        None
+    }
+
+    fn publish_report(&mut self, report: &UpdateReport) {
+        let mut out = [0u8; MAX_REPORT_LEN];
+        match report.encode(&mut out) {
+            Ok(bytes) => {
+                let bytes = bytes.to_vec();
+                self.publish(TopicKind::FwStatus, &bytes, false, Sent::UpdateReport);
+            }
+            Err(error) => {
+                warn!(node = %self.id, topic = %self.topic(TopicKind::FwStatus), %error, "update report not encodable")
+            }
+        }
     }
 
     fn set_up(&mut self, up: bool) {
@@ -946,6 +1057,7 @@ impl NodeTask {
             Sent::Malformed => bump(&counters.malformed_sent),
             Sent::Alarm => bump(&counters.alarms),
             Sent::Status => bump(&counters.statuses),
+            Sent::UpdateReport => bump(&counters.update_reports),
         }
     }
 }
@@ -973,6 +1085,7 @@ async fn connect(
         }),
         max_packet: MAX_PACKET,
         max_inflight: INFLIGHT,
+        max_incoming: MAX_INCOMING,
     };
     Connection::connect(&options).await
 }

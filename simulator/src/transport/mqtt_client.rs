@@ -1,4 +1,5 @@
-//! A small publish-only MQTT 3.1.1 client: one TCP connection to a broker, for one node.
+//! A small MQTT 3.1.1 client, publishing and subscribing to a node's own topics: one TCP
+//! connection to a broker, for one node.
 //!
 //! # Why hand-written
 //!
@@ -26,12 +27,16 @@
 //! - PINGREQ after a keep-alive without sending anything; a broker that leaves a reply (PUBACK or
 //!   PINGRESP) due for a whole keep-alive is taken for gone ([`Error::Timeout`]).
 //! - DISCONNECT, once every message in flight has been acknowledged.
+//! - SUBSCRIBE to one filter at QoS 0 or 1 (a node's firmware-update topic), confirmed by
+//!   [`Event::Subscribed`]; each PUBLISH the broker then forwards comes out as
+//!   [`Event::Message`], acknowledged with a PUBACK at QoS 1. The read buffer grows to the
+//!   largest message taken ([`Options::max_incoming`]) and shrinks back once it is handled.
 //!
 //! # What it does not do
 //!
-//! No SUBSCRIBE (a PUBLISH from the broker ends the connection as a protocol error), no QoS 2,
-//! no TLS, no authentication, no persistent session: messages in flight when a connection ends
-//! are lost with it, never resent on the next one.
+//! No QoS 2, no TLS, no authentication, no persistent session: messages in flight when a
+//! connection ends are lost with it, never resent on the next one. A PUBLISH from the broker
+//! before any SUBSCRIBE ends the connection as a protocol error.
 
 use std::io;
 use std::net::SocketAddr;
@@ -43,9 +48,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Largest packet accepted from the broker (remaining length). CONNACK and PUBACK have 2 bytes,
-/// PINGRESP none; anything larger is not meant for a publish-only client.
-const MAX_INCOMING: usize = 64;
+/// Largest packet accepted from the broker (remaining length) while the client has not
+/// subscribed. CONNACK and PUBACK have 2 bytes, PINGRESP none, SUBACK 3.
+const MAX_CONTROL: usize = 64;
 
 /// Room made in the read buffer before each read: sixteen PUBACKs.
 const READ_CHUNK: usize = 64;
@@ -104,6 +109,9 @@ pub struct Options<'a> {
     pub max_packet: usize,
     /// QoS 1 messages that may await their PUBACK at once.
     pub max_inflight: usize,
+    /// Largest PUBLISH taken from the broker once subscribed (remaining length); a larger one
+    /// ends the connection as malformed.
+    pub max_incoming: usize,
 }
 
 /// Why a connection could not be made or has ended.
@@ -124,7 +132,7 @@ pub enum Error {
     /// The broker sent bytes that are not an MQTT 3.1.1 packet, or one too large.
     #[error("malformed packet from the broker: {0:?}")]
     Malformed(mqttbytes::Error),
-    /// The broker sent a packet a publish-only client does not expect.
+    /// The broker sent a packet the client does not expect (a PUBLISH before any SUBSCRIBE).
     #[error("unexpected {0} from the broker")]
     Unexpected(&'static str),
     /// The CONNECT could not be encoded (an identifier or will too long for MQTT).
@@ -169,6 +177,17 @@ pub enum Event<T> {
     Acked(T),
     /// DISCONNECT has been sent after [`Connection::disconnect`]; the connection is done.
     Disconnected,
+    /// The broker granted the subscription (SUBACK).
+    Subscribed,
+    /// The broker refused the subscription (SUBACK with failure).
+    SubscribeRefused,
+    /// A message on a subscribed topic; already acknowledged if it came at QoS 1.
+    Message {
+        /// Its topic.
+        topic: String,
+        /// Its payload.
+        payload: Bytes,
+    },
 }
 
 /// A connection to the broker, accepted by its CONNACK. Dropping it closes the socket without
@@ -195,6 +214,12 @@ pub struct Connection<T> {
     disconnect_sent: bool,
     /// A write error met while publishing, reported by the next [`Connection::next`].
     failed: Option<io::Error>,
+    /// Largest packet taken from the broker: [`MAX_CONTROL`] until a SUBSCRIBE.
+    max_incoming: usize,
+    /// Once subscribed, what [`Connection::subscribe`] raises `max_incoming` to.
+    subscribed_max: usize,
+    /// The packet id of a SUBSCRIBE awaiting its SUBACK.
+    suback_due: Option<u16>,
 }
 
 impl<T> Connection<T> {
@@ -223,7 +248,7 @@ impl<T> Connection<T> {
 
         let mut rx = BytesMut::with_capacity(READ_CHUNK);
         loop {
-            match v4::read(&mut rx, MAX_INCOMING) {
+            match v4::read(&mut rx, MAX_CONTROL) {
                 Ok(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => break,
                 Ok(Packet::ConnAck(ack)) => return Err(Error::Refused(ack.code)),
                 Ok(other) => return Err(Error::Unexpected(name(&other))),
@@ -250,7 +275,30 @@ impl<T> Connection<T> {
             closing: false,
             disconnect_sent: false,
             failed: None,
+            max_incoming: MAX_CONTROL,
+            subscribed_max: options.max_incoming.max(MAX_CONTROL),
+            suback_due: None,
         })
+    }
+
+    /// Subscribes to `filter`: [`Event::Subscribed`] follows when the broker grants it, and
+    /// then its messages as [`Event::Message`]. Does not wait.
+    pub fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<(), PublishError> {
+        if self.closing {
+            return Err(PublishError::Disconnecting);
+        }
+        let pkid = self.free_pid();
+        self.last_pid = pkid;
+        let mut subscribe = v4::Subscribe::new(filter, qos.into());
+        subscribe.pkid = pkid;
+        let mut frame = BytesMut::new();
+        subscribe.write(&mut frame).map_err(PublishError::Encode)?;
+        // From now on the broker may send PUBLISHes, up to the size allowed.
+        self.max_incoming = self.subscribed_max;
+        self.suback_due = Some(pkid);
+        self.expect_reply();
+        self.send(&frame);
+        Ok(())
     }
 
     /// QoS 1 messages awaiting their PUBACK.
@@ -316,8 +364,8 @@ impl<T> Connection<T> {
             if let Some(error) = self.failed.take() {
                 return Err(error.into());
             }
-            if let Some(tag) = self.decode()? {
-                return Ok(Event::Acked(tag));
+            if let Some(event) = self.decode()? {
+                return Ok(event);
             }
             if self.closing {
                 if !self.disconnect_sent && self.inflight.is_empty() {
@@ -381,8 +429,9 @@ impl<T> Connection<T> {
 
     /// The broker has spoken: it is alive, and owes a reply only for what is still waiting.
     fn replied(&mut self) {
-        self.reply_due = (self.ping_outstanding || !self.inflight.is_empty())
-            .then(|| Instant::now() + self.keep_alive);
+        self.reply_due =
+            (self.ping_outstanding || !self.inflight.is_empty() || self.suback_due.is_some())
+                .then(|| Instant::now() + self.keep_alive);
     }
 
     /// Writes `frame` now if nothing is waiting before it, and keeps what the socket did not
@@ -431,12 +480,19 @@ impl<T> Connection<T> {
         }
     }
 
-    /// Handles the packets read so far, up to the first PUBACK of a message in flight.
-    fn decode(&mut self) -> Result<Option<T>, Error> {
+    /// Handles the packets read so far, up to the first that is an event.
+    fn decode(&mut self) -> Result<Option<Event<T>>, Error> {
         loop {
-            let packet = match v4::read(&mut self.rx, MAX_INCOMING) {
+            let packet = match v4::read(&mut self.rx, self.max_incoming) {
                 Ok(packet) => packet,
-                Err(mqttbytes::Error::InsufficientBytes(_)) => return Ok(None),
+                Err(mqttbytes::Error::InsufficientBytes(_)) => {
+                    // A large message has passed: give its room back, as an idle node holds
+                    // only a few dozen bytes.
+                    if self.rx.is_empty() && self.rx.capacity() > 4 * READ_CHUNK {
+                        self.rx = BytesMut::new();
+                    }
+                    return Ok(None);
+                }
                 Err(error) => return Err(Error::Malformed(error)),
             };
             match packet {
@@ -450,12 +506,35 @@ impl<T> Connection<T> {
                     // A PUBACK for no message in flight acknowledges nothing of ours: with
                     // clean sessions every id it can name belongs to this connection.
                     if let Some(tag) = tag {
-                        return Ok(Some(tag));
+                        return Ok(Some(Event::Acked(tag)));
                     }
                 }
                 Packet::PingResp => {
                     self.ping_outstanding = false;
                     self.replied();
+                }
+                Packet::SubAck(ack) if Some(ack.pkid) == self.suback_due => {
+                    self.suback_due = None;
+                    self.replied();
+                    let granted = ack
+                        .return_codes
+                        .iter()
+                        .all(|c| matches!(c, v4::SubscribeReasonCode::Success(_)));
+                    return Ok(Some(if granted {
+                        Event::Subscribed
+                    } else {
+                        Event::SubscribeRefused
+                    }));
+                }
+                Packet::Publish(publish) if self.max_incoming > MAX_CONTROL => {
+                    if publish.qos == mqttbytes::QoS::AtLeastOnce {
+                        let [hi, lo] = publish.pkid.to_be_bytes();
+                        self.send(&[0x40, 0x02, hi, lo]);
+                    }
+                    return Ok(Some(Event::Message {
+                        topic: publish.topic,
+                        payload: publish.payload,
+                    }));
                 }
                 other => return Err(Error::Unexpected(name(&other))),
             }
@@ -543,6 +622,7 @@ mod tests {
             }),
             max_packet: 256,
             max_inflight,
+            max_incoming: 2048,
         }
     }
 
@@ -735,5 +815,59 @@ mod tests {
             matches!(client.next().await, Err(Error::Unexpected("PUBLISH"))),
             "a publish-only client never subscribed"
         );
+    }
+
+    #[tokio::test]
+    async fn a_subscription_delivers_messages_and_acknowledges_them() {
+        let (client, mut peer, _) = connected(5, 8, ACCEPTED).await;
+        let mut client: Connection<u32> = client.unwrap();
+        let filter = "tianzhong/v1/plant-1/n-1/fwupdate";
+        client.subscribe(filter, QoS::AtLeastOnce).unwrap();
+        let Packet::Subscribe(sub) = peer.packet().await else {
+            panic!("not a SUBSCRIBE");
+        };
+        assert_eq!(sub.filters.len(), 1);
+        assert_eq!(
+            (sub.filters[0].path.as_str(), sub.filters[0].qos),
+            (filter, mqttbytes::QoS::AtLeastOnce)
+        );
+        let [hi, lo] = sub.pkid.to_be_bytes();
+        peer.send(&[0x90, 0x03, hi, lo, 0x01]).await;
+        assert_eq!(client.next().await.unwrap(), Event::Subscribed);
+
+        // A QoS 1 message larger than any control packet: delivered, then acknowledged.
+        let payload = vec![0xA5u8; 1500];
+        let mut publish =
+            v4::Publish::from_bytes(filter, mqttbytes::QoS::AtLeastOnce, Bytes::from(payload));
+        publish.pkid = 42;
+        let mut frame = BytesMut::new();
+        publish.write(&mut frame).unwrap();
+        peer.send(&frame).await;
+        match client.next().await.unwrap() {
+            Event::Message { topic, payload } => {
+                assert_eq!(topic, filter);
+                assert_eq!(payload.len(), 1500);
+                assert!(payload.iter().all(|&b| b == 0xA5));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The PUBACK goes out with the client's next write; driving it flushes.
+        let _ = tokio::time::timeout(Duration::from_millis(50), client.next()).await;
+        let Packet::PubAck(ack) = peer.packet().await else {
+            panic!("not a PUBACK");
+        };
+        assert_eq!(ack.pkid, 42);
+
+        // Larger than allowed: the connection ends as malformed.
+        let mut publish = v4::Publish::from_bytes(
+            filter,
+            mqttbytes::QoS::AtMostOnce,
+            Bytes::from(vec![0u8; 4000]),
+        );
+        publish.pkid = 0;
+        let mut frame = BytesMut::new();
+        publish.write(&mut frame).unwrap();
+        peer.send(&frame).await;
+        assert!(matches!(client.next().await, Err(Error::Malformed(_))));
     }
 }
