@@ -104,8 +104,20 @@ impl AsyncWrite for SharedPort {
     ) -> Poll<io::Result<usize>> {
         self.with(|p| p.poll_write(cx, buf))
     }
+    /// A serial port's flush is `tcdrain`, which blocks until the frame has left the UART:
+    /// 280 ms for a 256-byte frame at 9600 baud. It is kept (on a pseudo-terminal it is also
+    /// what keeps frames apart when the other end reads late), but on a multi-threaded runtime
+    /// it is waited out with the worker's other tasks handed to another thread, so a transfer's
+    /// frames do not stall the gateway.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        self.with(|p| p.poll_flush(cx))
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let multi =
+            Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+        if multi {
+            tokio::task::block_in_place(|| self.with(|p| p.poll_flush(cx)))
+        } else {
+            self.with(|p| p.poll_flush(cx))
+        }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         self.with(|p| p.poll_shutdown(cx))
