@@ -134,7 +134,7 @@ pub async fn update_node(
         .map_err(|e| format!("before the transfer: {e}"))?;
     // A link of its own lets go before the transfer opens its own connection.
     drop(link);
-    let lent = matches!(&line, Some(_) if node.rtu());
+    let lent = line.is_some() && node.rtu();
     info!(node = %id, bus = %bus, unit, from = %before.firmware, to = %version, bytes = image.len(), lent, "campaign: transfer starts");
     report(NodeState::Transferring {
         done: 0,
