@@ -738,6 +738,11 @@ pub struct FlashArgs {
     /// Over RTU, stream writes between two status reads.
     #[arg(long, default_value_t = DEFAULT_WINDOW)]
     pub window: u32,
+    /// Update the node through the running gateway of --config, as this engineer (a one-node
+    /// campaign; the password in TIANZHONG_PASSWORD): for a node on a Modbus RTU bus the
+    /// gateway polls, whose serial port it holds.
+    #[arg(long, requires = "node")]
+    pub user: Option<String>,
     /// The signed image (`tianzhong firmware sign`).
     pub image: std::path::PathBuf,
 }
@@ -782,6 +787,9 @@ pub fn run(args: FlashArgs) -> std::process::ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let (Some(user), Some(node), Some(config)) = (&args.user, &args.node, &args.config) {
+        return run_via(user, node, config, &image);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -836,6 +844,83 @@ pub fn run(args: FlashArgs) -> std::process::ExitCode {
     }
 }
 
+/// `tianzhong flash --user`: through the gateway ([`crate::flash_via`]).
+fn run_via(
+    user: &str,
+    node: &str,
+    config: &std::path::Path,
+    image: &[u8],
+) -> std::process::ExitCode {
+    use std::io::Write as _;
+    use std::process::ExitCode;
+    let http = match crate::config::load(config) {
+        Ok(c) => match c.gateway.http_listen {
+            Some(a) => a,
+            None => {
+                eprintln!(
+                    "error: the gateway of {} serves no API (http_listen = \"off\"): stop it \
+                     and flash without --user",
+                    config.display()
+                );
+                return ExitCode::from(2);
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Ok(password) = std::env::var(crate::flash_via::PASSWORD_ENV) else {
+        eprintln!(
+            "error: --user {user}: put the password in {}",
+            crate::flash_via::PASSWORD_ENV
+        );
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = std::time::Instant::now();
+    let result = runtime.block_on(crate::flash_via::flash_through_gateway(
+        http,
+        user,
+        &password,
+        node,
+        image,
+        |done, total| {
+            let p = Progress {
+                done,
+                total,
+                sent: done,
+                elapsed: started.elapsed(),
+            };
+            eprint!("\r{}", p.line());
+            let _ = std::io::stderr().flush();
+        },
+    ));
+    eprintln!();
+    match result {
+        Ok(r) => {
+            println!(
+                "node {node} runs {} (campaign {} on the gateway at {http})",
+                r.version, r.campaign
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// What to do when the node's serial port is busy: the bus a running gateway polls lends its
 /// line to campaigns, so the node is updated through the gateway.
 fn busy_hint(node: &str, config: &std::path::Path, target: &ProbeTarget) -> String {
@@ -851,9 +936,9 @@ fn busy_hint(node: &str, config: &std::path::Path, target: &ProbeTarget) -> Stri
     format!(
         "node {node} is unit {} on Modbus RTU bus {bus}. A gateway polling that bus keeps \
          polling it during a transfer and lends the line to campaigns: update the node \
-         through the gateway (POST /api/campaigns with \"nodes\": [\"{node}\"], \"canary\": 1, \
-         \"waves\": [], \"max_failures\": 0, \"reason\": ..., or the console's campaign \
-         page), or stop the gateway and run this command again.",
-        target.unit
+         through the gateway with `--user ENGINEER` (password in {}), which starts a one-node \
+         campaign, or stop the gateway and run this command again.",
+        target.unit,
+        crate::flash_via::PASSWORD_ENV
     )
 }

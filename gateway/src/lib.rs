@@ -22,6 +22,7 @@
 //! | [`rtu_master`] | a Modbus RTU master for function 20 and 21 (and broadcasts), framing replies by their length: the flash path over serial lines |
 //! | [`campaign`] | firmware campaigns over a fleet: canaries, waves, a halt threshold, per-node state, audited |
 //! | [`flash`] | `tianzhong flash`: a signed image to one node over Modbus file records, resumable, with progress |
+//! | [`flash_via`] | `tianzhong flash --user`: the same through the running gateway, as a one-node campaign |
 //! | [`firmware_cli`] | `tianzhong firmware`: signing keys, signing and inspecting node firmware images |
 //! | [`demo`] | broker, simulated fleet and gateway in one process |
 
@@ -33,6 +34,7 @@ pub mod console;
 pub mod demo;
 pub mod firmware_cli;
 pub mod flash;
+pub mod flash_via;
 pub mod gateway;
 pub mod http;
 pub mod metrics;

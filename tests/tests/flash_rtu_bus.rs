@@ -10,7 +10,9 @@
 //!   served (the simulator's log) are never more than [`MAX_GAP_MS`] apart — 3 poll
 //!   periods; the design bound is one period plus one lent request (some 70 ms here);
 //! - none of their readings is lost: every sample they served in the window reached the
-//!   gateway's sink (an InfluxDB stand-in).
+//!   gateway's sink (an InfluxDB stand-in);
+//! - `tianzhong flash` opening the bus's port beside the gateway is refused as busy, and with
+//!   `--user` (`tianzhong_gateway::flash_via`) it updates a third node through the gateway.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -18,7 +20,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use std::ops::ControlFlow;
+
 use tianzhong_gateway::firmware_cli::{KeyKind, encode_key};
+use tianzhong_gateway::flash::{FlashError, flash};
+use tianzhong_gateway::flash_via::flash_through_gateway;
+use tianzhong_gateway::probe::ProbeTarget;
 use tianzhong_protocol::image::signature;
 use tianzhong_protocol::registers::profile::FirmwareVersion;
 use tianzhong_simulator::update::{SIM_SIGNING_SECRET, sim_image};
@@ -296,6 +303,37 @@ async fn a_campaign_over_a_polled_rtu_bus_keeps_the_other_nodes_polled() {
         );
     }
 
+    // `tianzhong flash` against the running gateway: opening the bus's port itself is refused
+    // as busy, naming the port; with `--user` the node goes through the gateway.
+    let config =
+        tianzhong_gateway::config::parse(&toml, &dir.path().join("gw.toml"), &|_| None).unwrap();
+    let via_node = ids[4].clone();
+    let target = ProbeTarget::from_config(&config, &via_node).unwrap();
+    match flash(&target, &image, |_| ControlFlow::Continue(())).await {
+        Err(e @ FlashError::PortBusy { .. }) => {
+            assert!(e.to_string().contains("line.tty"), "{e}");
+        }
+        other => panic!("flashing past the gateway: {other:?}"),
+    }
+    let via_started = Instant::now();
+    let mut seen = 0;
+    let via = flash_through_gateway(
+        http,
+        "eng",
+        "eng-long-password",
+        &via_node,
+        &image,
+        |done, _| seen = seen.max(done),
+    )
+    .await
+    .expect("the update through the gateway");
+    let via_s = via_started.elapsed().as_secs_f64();
+    assert_eq!(via.version, "1.1.0");
+    assert!(seen > 0, "progress was reported");
+    let node = fleet.fleet.node(fleet.fleet.index_of(&via_node).unwrap());
+    assert_eq!(node.running_firmware(), new, "{via_node} runs the image");
+    drop(node);
+
     // None of their readings lost: every sample served before the stop reached the sink.
     let stop_at = fleet.now();
     let served_before: HashSet<(String, u32)> = served
@@ -327,7 +365,8 @@ async fn a_campaign_over_a_polled_rtu_bus_keeps_the_other_nodes_polled() {
         "RTU campaign at {BAUD} baud over a bus polled every {POLL_MS} ms: transfers of {} bytes \
          took {transfers:?} s ({:.0} B/s on average); {lent} lent requests; the other nodes' \
          longest gaps between polls during the transfers: {gaps:?} ms (bound {MAX_GAP_MS}); \
-         {} of their readings checked; simulator's update flash built in {warm:?}; test {:.1} s",
+         {} of their readings checked; simulator's update flash built in {warm:?}; one more \
+         node through `tianzhong flash --user` in {via_s:.1} s; test {:.1} s",
         image.len(),
         image.len() as f64 * transfers.len() as f64 / transfers.iter().sum::<f64>(),
         served_before.len(),
