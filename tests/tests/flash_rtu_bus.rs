@@ -330,9 +330,11 @@ async fn a_campaign_over_a_polled_rtu_bus_keeps_the_other_nodes_polled() {
     let via_s = via_started.elapsed().as_secs_f64();
     assert_eq!(via.version, "1.1.0");
     assert!(seen > 0, "progress was reported");
-    let node = fleet.fleet.node(fleet.fleet.index_of(&via_node).unwrap());
-    assert_eq!(node.running_firmware(), new, "{via_node} runs the image");
-    drop(node);
+    let running = fleet
+        .fleet
+        .node(fleet.fleet.index_of(&via_node).unwrap())
+        .running_firmware();
+    assert_eq!(running, new, "{via_node} runs the image");
 
     // None of their readings lost: every sample served before the stop reached the sink.
     let stop_at = fleet.now();
