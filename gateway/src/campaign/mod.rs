@@ -9,7 +9,7 @@
 //! | [`plan`] | the request: target nodes (a list, or a selection by model, site, group), waves, threshold, limits |
 //! | [`image`] | the image checked before anything is sent: signature under a trusted key, hardware model |
 //! | [`state`] | campaign and node states |
-//! | [`update`] | one node: look, transfer (`crate::flash`), wait for its reset, read its version |
+//! | [`update`] | one node: look, transfer (`crate::flash`; on a serial bus through its bus task), wait for its reset, read its version |
 //! | [`runner`] | the waves: concurrency per bus, the halt threshold, halting and resuming |
 //! | [`store`] | `campaigns.sqlite`: campaigns survive a restart |
 //!

@@ -41,6 +41,19 @@
 //!
 //! Lent requests are counted in `tianzhong_modbus_lent_requests_total{bus, result}`, and
 //! each failure is logged with the bus, the unit and the file and record range.
+//!
+//! # Measured
+//!
+//! `tests/tests/flash_rtu_bus.rs`: five simulated nodes on one paced 38400-baud line, each
+//! polled every 500 ms (some 25 ms a poll), three of them updated one after the other with an
+//! 8.6 KiB image:
+//!
+//! | figure | value |
+//! |---|---|
+//! | one image over the line, polls going on | 4.3–4.5 s, about 2 000 B/s: 57 % of the raw line rate (3 490 B/s), 65 % of what the stream gets with the line to itself (3 140 B/s) |
+//! | longest lent request | 85 ms (a stream write: 71 ms of frame, the turnaround, t3.5 after a poll) |
+//! | longest wait of a lent request for the line | 126 ms |
+//! | longest gap between two reads of a node not being updated, during the transfers | 527–562 ms (interval 500 ms) |
 
 use std::collections::HashMap;
 use std::fmt;
