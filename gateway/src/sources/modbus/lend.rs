@@ -50,7 +50,7 @@
 //!
 //! | figure | value |
 //! |---|---|
-//! | one image over the line, polls going on | 4.3–4.5 s, about 2 000 B/s: 57 % of the raw line rate (3 490 B/s), 65 % of what the stream gets with the line to itself (3 140 B/s) |
+//! | one image over the line, polls going on | 4.3–4.4 s, 2 030–2 050 B/s: 58 % of the raw line rate (3 490 B/s), 64 % of what the stream gets with the line to itself (3 170 B/s: 224 bytes per 242-byte frame and its 1.25 ms turnaround) |
 //! | longest lent request | 85 ms (a stream write: 71 ms of frame, the turnaround, t3.5 after a poll) |
 //! | longest wait of a lent request for the line | 126 ms |
 //! | longest gap between two reads of a node not being updated, during the transfers | 527–562 ms (interval 500 ms) |
