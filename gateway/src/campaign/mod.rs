@@ -24,8 +24,8 @@
 //!   transfers in flight finish (a node is never cut off mid-image by the campaign); every
 //!   node not started becomes `skipped`.
 //! - **Concurrency.** Modbus TCP nodes in parallel, up to `tcp_parallel`. One transfer at a
-//!   time per Modbus RTU bus: a serial line has one master, the bus task that polls it, which
-//!   carries the transfer's requests between its polls
+//!   time per Modbus RTU bus, across campaigns: a serial line has one master, the bus task
+//!   that polls it, which carries the transfer's requests between its polls
 //!   ([`crate::sources::modbus::lend`]), so the bus's other nodes keep being polled.
 //! - **Halt and resume.** An engineer may halt a running campaign (the same as a threshold
 //!   halt) and resume a halted one: its skipped nodes become pending again and the waves go on

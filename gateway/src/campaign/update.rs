@@ -150,6 +150,7 @@ pub async fn update_node(
     };
     let sent: Result<FlashReport, FlashError> = match &line {
         Some(l) if node.rtu() => {
+            let _slot = l.transfer_slot().await;
             let mut files = LentFiles {
                 line: l.clone(),
                 unit,

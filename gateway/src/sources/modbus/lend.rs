@@ -60,7 +60,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::link::ReadResult;
 use super::plan::ReadRequest;
@@ -177,6 +177,10 @@ pub enum Lent {
 pub struct BusLine {
     bus: Arc<str>,
     tx: mpsc::Sender<Lent>,
+    /// One transfer at a time on the line, whichever campaign it belongs to: a campaign's
+    /// runner keeps its own to one per bus, and this keeps two campaigns (or a campaign and
+    /// `tianzhong flash --user`) from sharing the line's time and each other's stream.
+    transfer: Arc<Semaphore>,
 }
 
 fn stopped(bus: &str) -> RtuError {
@@ -193,6 +197,7 @@ impl BusLine {
             BusLine {
                 bus: bus.into(),
                 tx,
+                transfer: Arc::new(Semaphore::new(1)),
             },
             rx,
         )
@@ -201,6 +206,18 @@ impl BusLine {
     /// The bus's name.
     pub fn bus(&self) -> &str {
         &self.bus
+    }
+
+    /// The line's one transfer slot, once the transfer before has let it go.
+    pub async fn transfer_slot(&self) -> OwnedSemaphorePermit {
+        if let Ok(slot) = Arc::clone(&self.transfer).try_acquire_owned() {
+            return slot;
+        }
+        tracing::info!(bus = %self.bus, "a transfer waits for the one in progress on this bus");
+        Arc::clone(&self.transfer)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
     }
 
     /// Carries a file-record request between the bus's polls.
@@ -419,6 +436,21 @@ mod tests {
             }
         }
         (starts, lent)
+    }
+
+    #[tokio::test]
+    async fn one_transfer_at_a_time_per_line() {
+        let (line, _rx) = BusLine::new("b");
+        let other = line.clone();
+        let first = line.transfer_slot().await;
+        let second = tokio::spawn(async move { other.transfer_slot().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!second.is_finished(), "the second transfer waits");
+        drop(first);
+        let _second = tokio::time::timeout(Duration::from_secs(1), second)
+            .await
+            .expect("the second transfer starts once the first is done")
+            .unwrap();
     }
 
     fn longest_gap(starts: &[u64]) -> u64 {
