@@ -788,7 +788,7 @@ pub fn run(args: FlashArgs) -> std::process::ExitCode {
         }
     };
     if let (Some(user), Some(node), Some(config)) = (&args.user, &args.node, &args.config) {
-        return run_via(user, node, config, &image);
+        return crate::flash_via::run(user, node, config, &image);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -833,7 +833,7 @@ pub fn run(args: FlashArgs) -> std::process::ExitCode {
         Err(e @ FlashError::PortBusy { .. }) => {
             eprintln!("error: {e}");
             if let (Some(node), Some(config)) = (&args.node, &args.config) {
-                eprintln!("{}", busy_hint(node, config, &target));
+                eprintln!("{}", crate::flash_via::busy_hint(node, config, target.unit));
             }
             ExitCode::from(1)
         }
@@ -842,103 +842,4 @@ pub fn run(args: FlashArgs) -> std::process::ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-/// `tianzhong flash --user`: through the gateway ([`crate::flash_via`]).
-fn run_via(
-    user: &str,
-    node: &str,
-    config: &std::path::Path,
-    image: &[u8],
-) -> std::process::ExitCode {
-    use std::io::Write as _;
-    use std::process::ExitCode;
-    let http = match crate::config::load(config) {
-        Ok(c) => match c.gateway.http_listen {
-            Some(a) => a,
-            None => {
-                eprintln!(
-                    "error: the gateway of {} serves no API (http_listen = \"off\"): stop it \
-                     and flash without --user",
-                    config.display()
-                );
-                return ExitCode::from(2);
-            }
-        },
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let Ok(password) = std::env::var(crate::flash_via::PASSWORD_ENV) else {
-        eprintln!(
-            "error: --user {user}: put the password in {}",
-            crate::flash_via::PASSWORD_ENV
-        );
-        return ExitCode::from(2);
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let started = std::time::Instant::now();
-    let result = runtime.block_on(crate::flash_via::flash_through_gateway(
-        http,
-        user,
-        &password,
-        node,
-        image,
-        |done, total| {
-            let p = Progress {
-                done,
-                total,
-                sent: done,
-                elapsed: started.elapsed(),
-            };
-            eprint!("\r{}", p.line());
-            let _ = std::io::stderr().flush();
-        },
-    ));
-    eprintln!();
-    match result {
-        Ok(r) => {
-            println!(
-                "node {node} runs {} (campaign {} on the gateway at {http})",
-                r.version, r.campaign
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// What to do when the node's serial port is busy: the bus a running gateway polls lends its
-/// line to campaigns, so the node is updated through the gateway.
-fn busy_hint(node: &str, config: &std::path::Path, target: &ProbeTarget) -> String {
-    let bus = crate::config::load(config)
-        .ok()
-        .and_then(|c| {
-            c.devices
-                .iter()
-                .find(|d| d.id.as_str() == node)
-                .map(|d| d.bus.clone())
-        })
-        .unwrap_or_else(|| "?".into());
-    format!(
-        "node {node} is unit {} on Modbus RTU bus {bus}. A gateway polling that bus keeps \
-         polling it during a transfer and lends the line to campaigns: update the node \
-         through the gateway with `--user ENGINEER` (password in {}), which starts a one-node \
-         campaign, or stop the gateway and run this command again.",
-        target.unit,
-        crate::flash_via::PASSWORD_ENV
-    )
 }

@@ -13,7 +13,8 @@
 //! | start | `POST /api/campaigns`: the image, `nodes: [ID]`, `canary: 1`, `max_failures: 0` |
 //! | follow | `GET /api/campaigns/{id}` every half second: the node's bytes sent, then its state |
 //!
-//! It works for a Modbus TCP node as well (the gateway then connects to it directly).
+//! It works for a Modbus TCP node as well (the gateway then connects to it directly). Without
+//! `--user`, a command that finds the port held says so and what to do ([`busy_hint`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -180,4 +181,100 @@ pub async fn flash_through_gateway(
         }
         tokio::time::sleep(FOLLOW_EVERY).await;
     }
+}
+
+/// Runs `tianzhong flash --user`: `image` to `node` through the gateway of `config`, with a
+/// progress bar on standard error.
+pub fn run(
+    user: &str,
+    node: &str,
+    config: &std::path::Path,
+    image: &[u8],
+) -> std::process::ExitCode {
+    use std::io::Write as _;
+    use std::process::ExitCode;
+    let http = match crate::config::load(config) {
+        Ok(c) => match c.gateway.http_listen {
+            Some(a) => a,
+            None => {
+                eprintln!(
+                    "error: the gateway of {} serves no API (http_listen = \"off\"): stop it \
+                     and flash without --user",
+                    config.display()
+                );
+                return ExitCode::from(2);
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Ok(password) = std::env::var(PASSWORD_ENV) else {
+        eprintln!("error: --user {user}: put the password in {}", PASSWORD_ENV);
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = std::time::Instant::now();
+    let result = runtime.block_on(flash_through_gateway(
+        http,
+        user,
+        &password,
+        node,
+        image,
+        |done, total| {
+            let p = crate::flash::Progress {
+                done,
+                total,
+                sent: done,
+                elapsed: started.elapsed(),
+            };
+            eprint!("\r{}", p.line());
+            let _ = std::io::stderr().flush();
+        },
+    ));
+    eprintln!();
+    match result {
+        Ok(r) => {
+            println!(
+                "node {node} runs {} (campaign {} on the gateway at {http})",
+                r.version, r.campaign
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// What to do when the node's serial port is busy: the bus a running gateway polls lends its
+/// line to campaigns, so the node is updated through the gateway.
+pub fn busy_hint(node: &str, config: &std::path::Path, unit: u8) -> String {
+    let bus = crate::config::load(config)
+        .ok()
+        .and_then(|c| {
+            c.devices
+                .iter()
+                .find(|d| d.id.as_str() == node)
+                .map(|d| d.bus.clone())
+        })
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "node {node} is unit {} on Modbus RTU bus {bus}. A gateway polling that bus keeps \
+         polling it during a transfer and lends the line to campaigns: update the node \
+         through the gateway with `--user ENGINEER` (password in {}), which starts a one-node \
+         campaign, or stop the gateway and run this command again.",
+        unit, PASSWORD_ENV
+    )
 }
