@@ -53,7 +53,7 @@ use tokio_modbus::{Request, Response, Slave};
 
 use crate::config::{Link, Parity, StopBits};
 use crate::probe::ProbeTarget;
-use crate::rtu_master::{RtuError, RtuLine, RtuMaster, SerialLine};
+use crate::rtu_master::{FileMaster, RtuError, RtuMaster, SerialLine};
 
 /// Chunk size: the largest power of two whose chunk, CRC and sub-request header fit one
 /// write-file-record request.
@@ -117,6 +117,11 @@ pub enum FlashError {
     },
     /// An answer that is not what the protocol says.
     Protocol(String),
+    /// The serial port is held by another program: most likely a gateway polling its bus.
+    PortBusy {
+        /// The port.
+        device: String,
+    },
     /// Stopped by the caller at this chunk.
     Cancelled {
         /// The next chunk the node wants.
@@ -141,6 +146,11 @@ impl fmt::Display for FlashError {
             }
             FlashError::Timeout { step } => write!(f, "{step}: no answer from the node"),
             FlashError::Protocol(e) => write!(f, "unexpected answer: {e}"),
+            FlashError::PortBusy { device } => write!(
+                f,
+                "{device}: the serial port is held by another program, most likely a running \
+                 gateway polling this bus"
+            ),
             FlashError::Cancelled { next_chunk } => {
                 write!(f, "stopped; the node resumes at chunk {next_chunk}")
             }
@@ -348,7 +358,17 @@ fn open_serial(
             StopBits::Two => tokio_serial::StopBits::Two,
         })
         .open_native_async()
-        .map_err(|e| FlashError::Connect(format!("{}: {e}", device.display())))
+        .map_err(|e| {
+            // serialport takes an exclusive flock on the port, which a running gateway holds
+            // for as long as it polls the bus (root included, unlike TIOCEXCL).
+            if e.kind == tokio_serial::ErrorKind::NoDevice && e.description.contains("lock") {
+                FlashError::PortBusy {
+                    device: device.display().to_string(),
+                }
+            } else {
+                FlashError::Connect(format!("{}: {e}", device.display()))
+            }
+        })
 }
 
 fn regs(bytes: &[u8]) -> Vec<u16> {
@@ -488,8 +508,8 @@ pub async fn flash_with(
 }
 
 /// The node's status over RTU: phase, next chunk, chunks, reason; retried on timeouts.
-async fn rtu_status<L: RtuLine>(
-    master: &mut RtuMaster<L>,
+async fn rtu_status<M: FileMaster>(
+    master: &mut M,
     step: &str,
 ) -> Result<(u16, u32, u32, u16), FlashError> {
     let mut last = RtuError::Timeout;
@@ -523,7 +543,7 @@ fn rtu_failed(step: &str, e: RtuError) -> FlashError {
 }
 
 /// An exception from the node, with the reason its status gives.
-async fn rtu_refused<L: RtuLine>(master: &mut RtuMaster<L>, step: &str, e: RtuError) -> FlashError {
+async fn rtu_refused<M: FileMaster>(master: &mut M, step: &str, e: RtuError) -> FlashError {
     match e {
         RtuError::Exception(code) => match rtu_status(master, step).await {
             Ok((_, _, _, reason)) if reason != 0 => FlashError::Refused {
@@ -541,8 +561,10 @@ async fn rtu_refused<L: RtuLine>(master: &mut RtuMaster<L>, step: &str, e: RtuEr
 
 /// Flashes `image` into the node `master` talks to over an RTU line, streaming it
 /// ([`RtuMode::Stream`]) or chunk by chunk; `progress` is called after every window or chunk.
-pub async fn flash_rtu<L: RtuLine>(
-    master: &mut RtuMaster<L>,
+/// The master is the gateway's own on a port it opened, or the line a bus task lends between
+/// its polls ([`crate::sources::modbus::lend`]): the transfer is the same.
+pub async fn flash_rtu<M: FileMaster>(
+    master: &mut M,
     image: &[u8],
     mode: RtuMode,
     mut progress: impl FnMut(&Progress) -> ControlFlow<()>,
@@ -712,6 +734,11 @@ pub struct FlashArgs {
     /// Over RTU, stream writes between two status reads.
     #[arg(long, default_value_t = DEFAULT_WINDOW)]
     pub window: u32,
+    /// Update the node through the running gateway of --config, as this engineer (a one-node
+    /// campaign; the password in TIANZHONG_PASSWORD): for a node on a Modbus RTU bus the
+    /// gateway polls, whose serial port it holds.
+    #[arg(long, requires = "node")]
+    pub user: Option<String>,
     /// The signed image (`tianzhong firmware sign`).
     pub image: std::path::PathBuf,
 }
@@ -760,6 +787,9 @@ pub fn run(args: FlashArgs) -> std::process::ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let (Some(user), Some(node), Some(config)) = (&args.user, &args.node, &args.config) {
+        return crate::flash_via::run(user, node, config, &image);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -799,6 +829,13 @@ pub fn run(args: FlashArgs) -> std::process::ExitCode {
                 r.recovered_timeouts
             );
             ExitCode::SUCCESS
+        }
+        Err(e @ FlashError::PortBusy { .. }) => {
+            eprintln!("error: {e}");
+            if let (Some(node), Some(config)) = (&args.node, &args.config) {
+                eprintln!("{}", crate::flash_via::busy_hint(node, config, target.unit));
+            }
+            ExitCode::from(1)
         }
         Err(e) => {
             eprintln!("error: {e}");

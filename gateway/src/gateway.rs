@@ -279,11 +279,14 @@ impl Gateway {
                 .as_ref()
                 .map(|_| config.gateway.data_dir.join(local_store::FILE_NAME)),
         };
+        // Serial buses lend their line to campaigns between polls (sources::modbus::lend).
+        let (bus_lines, mut lent) = crate::sources::modbus::lend::BusLines::for_config(&config);
         let campaigns = crate::campaign::Campaigns::open(
             &config,
             Arc::clone(&users),
             Arc::clone(&metrics),
             shutdown_rx.clone(),
+            bus_lines,
         )
         .map_err(|e| anyhow::anyhow!(e))?;
         let api = crate::http::ApiState {
@@ -328,7 +331,10 @@ impl Gateway {
 
         let mut sources = Vec::new();
         for bus in &config.buses {
-            let task = BusTask::new(&config, bus, events.clone(), Arc::clone(&metrics))?;
+            let mut task = BusTask::new(&config, bus, events.clone(), Arc::clone(&metrics))?;
+            if let Some(rx) = lent.remove(&bus.name) {
+                task = task.lend(rx);
+            }
             sources.push(tokio::spawn(task.run(shutdown_rx.clone())));
         }
         if let Some(m) = &config.mqtt_source {

@@ -23,6 +23,7 @@
 //! | [`campaign`] | firmware campaigns over a fleet: canaries, waves, a halt threshold, per-node state, audited |
 //! | [`flash`] | `tianzhong flash`: a signed image to one node over Modbus file records, resumable, with progress |
 //! | [`flash_mqtt`] | `tianzhong flash --mqtt`: a signed image to an MQTT-connected node as update messages, windowed, resumable, confirmed |
+//! | [`flash_via`] | `tianzhong flash --user`: the same through the running gateway, as a one-node campaign |
 //! | [`firmware_cli`] | `tianzhong firmware`: signing keys, signing and inspecting node firmware images |
 //! | [`demo`] | broker, simulated fleet and gateway in one process |
 
@@ -35,6 +36,7 @@ pub mod demo;
 pub mod firmware_cli;
 pub mod flash;
 pub mod flash_mqtt;
+pub mod flash_via;
 pub mod gateway;
 pub mod http;
 pub mod metrics;

@@ -23,6 +23,7 @@
 //! | `tianzhong_sink_write_seconds` | `sink` | time per write, retries included |
 //! | `tianzhong_campaign_requests_refused_total` | `reason` | firmware campaign requests refused: `bad_request`, `not_found`, `conflict` |
 //! | `tianzhong_campaign_nodes_total` | `kind` | campaign nodes that ended: `updated`, `failed`, `skipped` |
+//! | `tianzhong_modbus_lent_requests_total` | `bus`, `result` | firmware transfer requests a serial bus carried between its polls ([`crate::sources::modbus::lend`]) |
 //! | `tianzhong_modbus_requests_total` | `bus`, `device`, `unit`, `result` | `ok`, `timeout`, `exception`, `malformed`, `error` |
 //! | `tianzhong_modbus_request_seconds` | `bus`, `device`, `unit` | latency of answered polls |
 //! | `tianzhong_modbus_bus_requests_total` | `bus`, `result` | the same, summed per bus |
@@ -91,6 +92,15 @@ pub struct SinkKindLabels {
     pub sink: String,
     /// Failure kind.
     pub kind: String,
+}
+
+/// Labels with a `bus` and a `result`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BusResultLabels {
+    /// Bus name.
+    pub bus: String,
+    /// Result.
+    pub result: String,
 }
 
 /// Labels with a `reason`.
@@ -173,6 +183,9 @@ pub struct Metrics {
     pub campaign_refused: Family<ReasonLabels, Counter>,
     /// Campaign nodes that ended, by kind (`updated`, `failed`, `skipped`).
     pub campaign_nodes: Family<KindLabels, Counter>,
+    /// Requests of firmware transfers a serial bus's task carried between its polls, by bus
+    /// and result (`ok`, `timeout`, `exception`, `malformed`, `error`).
+    pub lent_requests: Family<BusResultLabels, Counter>,
     /// All of `malformed`, summed (not exported; for status lines and tests).
     pub malformed_sum: Counter,
     /// All of `mqtt_messages`, summed (not exported).
@@ -214,6 +227,7 @@ impl Metrics {
             samples_missing: Gauge::default(),
             campaign_refused: Family::default(),
             campaign_nodes: Family::default(),
+            lent_requests: Family::default(),
             malformed_sum: Counter::default(),
             mqtt_messages_sum: Counter::default(),
             registry: Registry::default(),
@@ -312,6 +326,12 @@ impl Metrics {
             "campaign_nodes",
             "Nodes of firmware campaigns that ended, by kind: updated, failed, skipped",
             m.campaign_nodes.clone(),
+        );
+        registry.register(
+            "modbus_lent_requests",
+            "Firmware transfer requests a serial bus carried between its polls, by bus and \
+             result: ok, timeout, exception, malformed, error",
+            m.lent_requests.clone(),
         );
         registry.register_collector(Box::new(std::sync::Arc::clone(&m.devices)));
         Metrics { registry, ..m }

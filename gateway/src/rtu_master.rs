@@ -1,5 +1,7 @@
 //! A small Modbus RTU master for the flash path: function 21 write file record (addressed or
-//! broadcast) and function 20 read file record, over any [`RtuLine`].
+//! broadcast) and function 20 read file record, over any [`RtuLine`]; and [`FileMaster`],
+//! those requests as the transfer logic sees them, carried by this master or lent by a bus
+//! task that keeps polling the line.
 //!
 //! Hand-written because tokio-modbus's RTU client cannot frame the replies of functions 20
 //! and 21: it does not know their length fields, so a reply that arrives split across two
@@ -140,6 +142,65 @@ impl RtuLine for tianzhong_simulator::rtu_line::SimRtuLine {
 
     async fn silence(&mut self, d: Duration) {
         tianzhong_simulator::rtu_line::SimRtuLine::silence(self, d.as_nanos() as u64);
+    }
+}
+
+/// The file-record requests a firmware transfer makes, whoever carries them to the line: the
+/// gateway's own [`RtuMaster`] on a port it opened (`tianzhong flash` with the gateway
+/// stopped), or the bus task that polls the line and lends it between polls
+/// ([`crate::sources::modbus::lend`]). The transfer logic ([`crate::flash::flash_rtu`]) is
+/// written once against this.
+pub trait FileMaster: Send {
+    /// The unit the requests go to (a broadcast goes to every unit).
+    fn unit(&self) -> u8;
+    /// Function 21 to the unit, one sub-request; the reply must be the echo.
+    fn write_file(
+        &mut self,
+        file: u16,
+        record: u16,
+        regs: &[u16],
+    ) -> impl Future<Output = Result<(), RtuError>> + Send;
+    /// Function 21 to the broadcast address: no reply; the turnaround follows.
+    fn broadcast_file(
+        &mut self,
+        file: u16,
+        record: u16,
+        regs: &[u16],
+    ) -> impl Future<Output = Result<(), RtuError>> + Send;
+    /// Function 20 from the unit, one sub-request of `count` registers.
+    fn read_file(
+        &mut self,
+        file: u16,
+        record: u16,
+        count: u16,
+    ) -> impl Future<Output = Result<Vec<u16>, RtuError>> + Send;
+}
+
+impl<L: RtuLine> FileMaster for RtuMaster<L> {
+    fn unit(&self) -> u8 {
+        self.unit
+    }
+
+    async fn write_file(&mut self, file: u16, record: u16, regs: &[u16]) -> Result<(), RtuError> {
+        RtuMaster::write_file(self, file, record, regs).await
+    }
+
+    async fn broadcast_file(
+        &mut self,
+        file: u16,
+        record: u16,
+        regs: &[u16],
+    ) -> Result<(), RtuError> {
+        RtuMaster::broadcast_file(self, file, record, regs).await
+    }
+
+    async fn read_file(
+        &mut self,
+        file: u16,
+        record: u16,
+        count: u16,
+    ) -> Result<Vec<u16>, RtuError> {
+        RtuMaster::read_file(self, file, record, count).await
     }
 }
 

@@ -120,6 +120,20 @@ impl FleetBuilder {
         self.add_nodes(bus, count)
     }
 
+    /// A Modbus RTU bus of `count` nodes on a pseudo-terminal at `baud`; with `pace`, the
+    /// nodes' replies take their time at that baud rate, as on a real line.
+    pub fn modbus_rtu_at(&mut self, bus: &str, count: usize, baud: u32, pace: bool) -> Vec<String> {
+        self.buses.push(BusSpec {
+            name: bus.to_owned(),
+            kind: BusKind::ModbusRtu {
+                link: self.dir.path().join(format!("{bus}.tty")),
+                baud,
+                pace,
+            },
+        });
+        self.add_nodes(bus, count)
+    }
+
     /// An MQTT bus of `count` nodes publishing every sample round to `broker`.
     pub fn mqtt(&mut self, bus: &str, broker: SocketAddr, count: usize) -> Vec<String> {
         self.buses.push(BusSpec {

@@ -9,7 +9,7 @@
 //! | [`plan`] | the request: target nodes (a list, or a selection by model, site, group), waves, threshold, limits |
 //! | [`image`] | the image checked before anything is sent: signature under a trusted key, hardware model |
 //! | [`state`] | campaign and node states |
-//! | [`update`] | one node: look, transfer (`crate::flash`), wait for its reset, read its version |
+//! | [`update`] | one node: look, transfer (`crate::flash`; on a serial bus through its bus task), wait for its reset, read its version |
 //! | [`runner`] | the waves: concurrency per bus, the halt threshold, halting and resuming |
 //! | [`store`] | `campaigns.sqlite`: campaigns survive a restart |
 //!
@@ -24,9 +24,9 @@
 //!   transfers in flight finish (a node is never cut off mid-image by the campaign); every
 //!   node not started becomes `skipped`.
 //! - **Concurrency.** Modbus TCP nodes in parallel, up to `tcp_parallel`. One transfer at a
-//!   time per Modbus RTU bus (a serial line has one master) — but RTU targets are refused
-//!   for now, because the gateway's poller holds the bus's serial port exclusively (see
-//!   [`plan::check_links`]).
+//!   time per Modbus RTU bus, across campaigns: a serial line has one master, the bus task
+//!   that polls it, which carries the transfer's requests between its polls
+//!   ([`crate::sources::modbus::lend`]), so the bus's other nodes keep being polled.
 //! - **Halt and resume.** An engineer may halt a running campaign (the same as a threshold
 //!   halt) and resume a halted one: its skipped nodes become pending again and the waves go on
 //!   from where it stopped. A resume may raise the threshold; it is refused (409) while the
@@ -57,6 +57,7 @@ use tokio::sync::watch;
 
 use crate::auth::{Principal, Users};
 use crate::config::Config;
+use crate::sources::modbus::lend::BusLines;
 use plan::{NewCampaign, PlanError, TargetNode};
 use state::{Campaign, CampaignNode, NodeState, Status};
 
@@ -107,6 +108,8 @@ struct Entry {
 
 pub(crate) struct Inner {
     targets: Vec<TargetNode>,
+    /// The serial buses' lent lines: transfers to their nodes go through the bus tasks.
+    buses: BusLines,
     trusted: Vec<[u8; 32]>,
     users: Arc<Mutex<Users>>,
     store: Mutex<store::Store>,
@@ -285,17 +288,20 @@ impl Inner {
 
 impl Campaigns {
     /// The campaigns of the gateway configured by `config`: those saved in its data directory,
-    /// with any that a stop cut halted (see the module documentation).
+    /// with any that a stop cut halted (see the module documentation). Transfers to nodes on
+    /// a serial bus go through `buses`, the lines its bus task lends.
     pub fn open(
         config: &Config,
         users: Arc<Mutex<Users>>,
         metrics: Arc<crate::metrics::Metrics>,
         shutdown: watch::Receiver<bool>,
+        buses: BusLines,
     ) -> Result<Campaigns, String> {
         let store = store::Store::open(&config.gateway.data_dir.join(store::FILE_NAME))?;
         let loaded = store.load()?;
         let inner = Arc::new(Inner {
             targets: TargetNode::from_config(config),
+            buses,
             trusted: config.trusted_keys.clone(),
             users,
             store: Mutex::new(store),
@@ -357,7 +363,7 @@ impl Campaigns {
             .map_err(|e| CampaignError::Bad(format!("image_base64: not base64: {e}")))?;
         let info = image::check(&bytes, &inner.trusted).map_err(CampaignError::Bad)?;
         let targets = plan::targets(&inner.targets, &req)?;
-        plan::check_links(&targets)?;
+        plan::check_links(&targets, &inner.buses)?;
         plan::check_models(&targets, &info.model)?;
         let waves = plan::waves(targets.len(), req.canary, &req.waves)?;
         let (threshold, tcp_parallel, verify_timeout_s) = plan::limits(&req)?;

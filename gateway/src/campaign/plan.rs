@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{Config, Link};
+use crate::sources::modbus::lend::BusLines;
 
 /// Transfers at once over Modbus TCP when the request names none.
 pub const DEFAULT_TCP_PARALLEL: usize = 4;
@@ -168,16 +169,19 @@ pub fn targets(all: &[TargetNode], req: &NewCampaign) -> Result<Vec<TargetNode>,
     }
 }
 
-/// Every target is on a Modbus TCP bus. A Modbus RTU bus's serial port is held open
-/// (exclusively) by the gateway's poller for that bus, so a transfer cannot open it beside
-/// the poller: refused here with the reason rather than failing on every node. (The runner
-/// already keeps RTU transfers to one per bus for when the bus task lends its link.)
-pub fn check_links(targets: &[TargetNode]) -> Result<(), PlanError> {
-    match targets.iter().find(|t| t.rtu()) {
+/// Every target can be reached: a Modbus TCP node directly, a Modbus RTU node through the
+/// task polling its bus, which holds the serial port (locked) and lends it between polls
+/// (`buses`). An RTU bus without a lent line — campaigns opened without the gateway's bus
+/// tasks — is refused here with the reason rather than failing on every node.
+pub fn check_links(targets: &[TargetNode], buses: &BusLines) -> Result<(), PlanError> {
+    match targets
+        .iter()
+        .find(|t| t.rtu() && buses.get(&t.bus).is_none())
+    {
         Some(t) => Err(PlanError::Bad(format!(
-            "node `{}` (bus {}, unit {}) is on a Modbus RTU bus, whose serial port the \
-             gateway's poller holds: campaigns reach Modbus TCP nodes only for now; flash it \
-             with `tianzhong flash` while the gateway is stopped",
+            "node `{}` (bus {}, unit {}) is on a Modbus RTU bus that no bus task of this \
+             gateway polls, so nothing can carry the transfer; flash it with `tianzhong \
+             flash` instead",
             t.id, t.bus, t.unit
         ))),
         None => Ok(()),
@@ -313,7 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn targets_must_be_tcp_nodes_of_the_images_model() {
+    fn targets_must_be_reachable_nodes_of_the_images_model() {
         let tcp = Link::Tcp {
             address: "127.0.0.1:502".into(),
         };
@@ -324,11 +328,26 @@ mod tests {
             stop_bits: crate::config::StopBits::One,
         };
         let good = node("a", tcp.clone(), Some("TZ-1"));
-        assert_eq!(check_links(std::slice::from_ref(&good)), Ok(()));
+        let none = BusLines::default();
+        assert_eq!(check_links(std::slice::from_ref(&good), &none), Ok(()));
+        let r = node("r", rtu.clone(), Some("TZ-1"));
         assert!(matches!(
-            check_links(&[good.clone(), node("r", rtu, Some("TZ-1"))]),
-            Err(PlanError::Bad(m)) if m.contains("`r`") && m.contains("RTU")
+            check_links(&[good.clone(), r.clone()], &none),
+            Err(PlanError::Bad(m)) if m.contains("`r`") && m.contains("bus b")
         ));
+        // A bus that a task polls lends its line: its nodes are campaign targets.
+        let config = crate::config::parse(
+            "[gateway]\nid = \"g\"\ndata_dir = \"/tmp\"\n[[bus]]\nname = \"b\"\n\
+             kind = \"modbus_rtu\"\ndevice = \"/dev/ttyS1\"\nbaud = 9600\n[[device]]\n\
+             id = \"r\"\nsite = \"s\"\nbus = \"b\"\nunit = 1\npoll_interval_s = 5\n\
+             profile = \"tianzhong\"\nquantities = [\"combustible_gas\"]\n",
+            std::path::Path::new("t.toml"),
+            &|_| None,
+        )
+        .unwrap();
+        let (lines, receivers) = BusLines::for_config(&config);
+        assert!(lines.get("b").is_some() && receivers.contains_key("b"));
+        assert_eq!(check_links(&[good.clone(), r], &lines), Ok(()));
         assert_eq!(check_models(std::slice::from_ref(&good), "TZ-1"), Ok(()));
         assert!(matches!(
             check_models(std::slice::from_ref(&good), "TZ-2"),

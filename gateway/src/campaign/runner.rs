@@ -191,9 +191,11 @@ async fn waves(inner: &Arc<Inner>, id: u64) {
                 }
                 let (inner2, image2, model2) =
                     (Arc::clone(inner), Arc::clone(&image), model.clone());
+                let line = inner.buses.get(&t.bus).cloned();
                 tasks.spawn(async move {
                     let result = update::update_node(
                         &t,
+                        line,
                         &image2,
                         (&model2, revision),
                         version,

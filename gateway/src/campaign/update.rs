@@ -10,6 +10,12 @@
 //! identity block. That read is a register read after the trial boot: the health poll on
 //! which the node confirms the image. The new version there means updated; the old one means
 //! the node rolled back.
+//!
+//! On a Modbus RTU bus every request — the reads before and after, and the transfer's — goes
+//! through the bus's task, which polls the line and carries them between its polls
+//! ([`crate::sources::modbus::lend`]): the gateway holds the serial port, and the bus's other
+//! nodes keep being polled while the image goes over. On Modbus TCP the node is reached
+//! directly, on a connection of its own.
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -20,7 +26,9 @@ use tracing::{info, warn};
 
 use super::plan::TargetNode;
 use super::state::NodeState;
+use crate::flash::{FlashError, FlashReport, RtuMode};
 use crate::probe::ProbeTarget;
+use crate::sources::modbus::lend::{BusLine, LentFiles};
 use crate::sources::modbus::link::{BusLink, ReadResult};
 use crate::sources::modbus::plan::ReadRequest;
 
@@ -37,7 +45,30 @@ fn why(r: ReadResult) -> String {
     }
 }
 
-async fn identity(link: &mut BusLink, unit: u8) -> Result<Identity, String> {
+/// How the node's registers are read: on a link of the campaign's own, or through the task
+/// polling the node's serial bus.
+enum Access {
+    Own(BusLink),
+    Lent(BusLine),
+}
+
+impl Access {
+    async fn read(&mut self, unit: u8, request: &ReadRequest) -> ReadResult {
+        match self {
+            Access::Own(link) => link.read(unit, request).await,
+            Access::Lent(line) => line.read(unit, *request).await,
+        }
+    }
+
+    /// After a failed read: a link of its own is remade; a bus task remakes its own.
+    async fn reset(&mut self) {
+        if let Access::Own(link) = self {
+            link.reset().await;
+        }
+    }
+}
+
+async fn identity(link: &mut Access, unit: u8) -> Result<Identity, String> {
     let request = ReadRequest {
         table: RegisterTable::Input,
         start: profile::IDENTITY_BLOCK,
@@ -51,7 +82,7 @@ async fn identity(link: &mut BusLink, unit: u8) -> Result<Identity, String> {
     }
 }
 
-async fn reset_count(link: &mut BusLink, unit: u8) -> Result<u16, String> {
+async fn reset_count(link: &mut Access, unit: u8) -> Result<u16, String> {
     let request = ReadRequest {
         table: RegisterTable::Input,
         start: profile::STATUS_BLOCK,
@@ -66,10 +97,11 @@ async fn reset_count(link: &mut BusLink, unit: u8) -> Result<u16, String> {
 }
 
 /// Updates `node` to `image` (built for `model` revision `revision`, version `version`),
-/// calling `report` at each step and chunk. The version the node runs afterwards, or why it
-/// failed.
+/// calling `report` at each step and chunk; through `line`, the line its bus task lends, on a
+/// serial bus. The version the node runs afterwards, or why it failed.
 pub async fn update_node(
     node: &TargetNode,
+    line: Option<BusLine>,
     image: &[u8],
     (model, revision): (&str, u16),
     version: FirmwareVersion,
@@ -77,7 +109,11 @@ pub async fn update_node(
     mut report: impl FnMut(NodeState),
 ) -> Result<String, String> {
     let (id, bus, unit) = (&node.id, &node.bus, node.unit);
-    let mut link = BusLink::new(node.link.clone(), node.timeout);
+    let access = || match &line {
+        Some(l) if node.rtu() => Access::Lent(l.clone()),
+        _ => Access::Own(BusLink::new(node.link.clone(), node.timeout)),
+    };
+    let mut link = access();
     let before = identity(&mut link, unit)
         .await
         .map_err(|e| format!("before the transfer: {e}"))?;
@@ -96,36 +132,63 @@ pub async fn update_node(
     let resets = reset_count(&mut link, unit)
         .await
         .map_err(|e| format!("before the transfer: {e}"))?;
-    // A serial line has one master at a time: this link lets go before the transfer opens its
-    // own.
+    // A link of its own lets go before the transfer opens its own connection.
     drop(link);
-    info!(node = %id, bus = %bus, unit, from = %before.firmware, to = %version, bytes = image.len(), "campaign: transfer starts");
+    let lent = line.is_some() && node.rtu();
+    info!(node = %id, bus = %bus, unit, from = %before.firmware, to = %version, bytes = image.len(), lent, "campaign: transfer starts");
     report(NodeState::Transferring {
         done: 0,
         total: image.len(),
     });
-    let target = ProbeTarget {
-        link: node.link.clone(),
-        unit,
-        timeout: node.timeout,
-        device: None,
-    };
-    let sent = crate::flash::flash(&target, image, |p| {
+    let started = Instant::now();
+    let progress = |p: &crate::flash::Progress| {
         report(NodeState::Transferring {
             done: p.done,
             total: p.total,
         });
         ControlFlow::Continue(())
-    })
-    .await;
-    if let Err(e) = sent {
-        warn!(node = %id, bus = %bus, unit, "campaign: transfer failed: {e}");
-        return Err(format!("transfer: {e}"));
+    };
+    let sent: Result<FlashReport, FlashError> = match &line {
+        Some(l) if node.rtu() => {
+            let _slot = l.transfer_slot().await;
+            let mut files = LentFiles {
+                line: l.clone(),
+                unit,
+            };
+            crate::flash::flash_rtu(&mut files, image, RtuMode::default(), progress).await
+        }
+        _ => {
+            let target = ProbeTarget {
+                link: node.link.clone(),
+                unit,
+                timeout: node.timeout,
+                device: None,
+            };
+            crate::flash::flash(&target, image, progress).await
+        }
+    };
+    match &sent {
+        Ok(r) => {
+            let took = started.elapsed().as_secs_f64();
+            info!(
+                node = %id, bus = %bus, unit, lent, bytes = image.len(),
+                seconds = format!("{took:.2}"),
+                bytes_per_s = (image.len() as f64 / took.max(1e-3)) as u64,
+                stream_writes = r.stream_writes, chunk_writes = r.chunk_writes,
+                go_backs = r.go_backs, status_reads = r.status_reads,
+                recovered_timeouts = r.recovered_timeouts,
+                "campaign: image sent and staged"
+            );
+        }
+        Err(e) => {
+            warn!(node = %id, bus = %bus, unit, lent, "campaign: transfer failed: {e}");
+            return Err(format!("transfer over bus {bus} to unit {unit}: {e}"));
+        }
     }
     report(NodeState::Staged);
     report(NodeState::Verifying);
     let started = Instant::now();
-    let mut link = BusLink::new(node.link.clone(), node.timeout);
+    let mut link = access();
     let mut last = String::from("no answer yet");
     while started.elapsed() < verify_timeout {
         match reset_count(&mut link, unit).await {

@@ -1,14 +1,16 @@
-//! The task that runs one bus.
+//! The task that runs one bus: its polls, and on a serial bus the firmware transfer requests
+//! it carries between them ([`super::lend`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use tianzhong_protocol::payload::{NodeStatus, PAYLOAD_VERSION};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::device::{Block, PolledDevice, Reads};
+use super::lend::{self, Lent, Turn};
 use super::link::{BusLink, ReadResult};
 use super::plan::{PlanConfig, SplitOutcome};
 use super::scheduler::{BusScheduler, DeviceId, Disposition, Next, SchedulerConfig};
@@ -24,6 +26,16 @@ pub struct BusTask {
     link: BusLink,
     events: EventSender,
     metrics: Arc<Metrics>,
+    /// Requests of firmware transfers to carry between polls, on a serial bus.
+    lent: Option<mpsc::Receiver<Lent>>,
+}
+
+/// What woke a bus task waiting for its next poll.
+enum Woken {
+    Time,
+    Lent(Lent),
+    /// Every lent line is gone: nothing will be lent any more.
+    Closed,
 }
 
 /// Why a bus could not be set up.
@@ -90,7 +102,14 @@ impl BusTask {
             devices,
             events,
             metrics,
+            lent: None,
         })
+    }
+
+    /// The task, carrying the requests that come through `lent` between its polls.
+    pub fn lend(mut self, lent: mpsc::Receiver<Lent>) -> BusTask {
+        self.lent = Some(lent);
+        self
     }
 
     /// Polls until `shutdown` turns true or the pipeline hangs up.
@@ -100,19 +119,55 @@ impl BusTask {
             bus = %self.bus.name,
             endpoint = %self.link.endpoint(),
             devices = self.devices.len(),
+            lends = self.lent.is_some(),
             "polling"
         );
+        // A lent request taken off the channel, and since when it waits for the line.
+        let mut waiting: Option<(Lent, u64)> = None;
         loop {
             if *shutdown.borrow() {
                 break;
             }
             let now_ms = epoch.elapsed().as_millis() as u64;
-            match self.scheduler.next(now_ms) {
+            if waiting.is_none()
+                && let Some(rx) = &mut self.lent
+                && let Ok(l) = rx.try_recv()
+            {
+                waiting = Some((l, now_ms));
+            }
+            let due_ms = self
+                .scheduler
+                .due_ms()
+                .expect("every poll is reported before the next");
+            let next = match lend::turn(now_ms, due_ms, waiting.as_ref().map(|w| w.1)) {
+                Turn::Lend => {
+                    let (l, since) = waiting.take().expect("a request waits");
+                    self.carry(l, now_ms.saturating_sub(since)).await;
+                    continue;
+                }
+                Turn::Wait { until_ms } => Next::Idle { until_ms },
+                Turn::Poll => self.scheduler.next(now_ms),
+            };
+            match next {
                 Next::Idle { until_ms } => {
                     let at = epoch + Duration::from_millis(until_ms);
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(at.into()) => {}
-                        _ = shutdown.changed() => {}
+                    let lent = self.lent.as_mut().filter(|_| waiting.is_none());
+                    let woken = tokio::select! {
+                        _ = tokio::time::sleep_until(at.into()) => Woken::Time,
+                        l = async {
+                            match lent {
+                                Some(rx) => rx.recv().await,
+                                None => std::future::pending().await,
+                            }
+                        } => l.map_or(Woken::Closed, Woken::Lent),
+                        _ = shutdown.changed() => Woken::Time,
+                    };
+                    match woken {
+                        Woken::Time => {}
+                        Woken::Lent(l) => {
+                            waiting = Some((l, epoch.elapsed().as_millis() as u64));
+                        }
+                        Woken::Closed => self.lent = None,
                     }
                 }
                 Next::Busy { .. } => unreachable!("every poll is reported before the next"),
@@ -137,6 +192,48 @@ impl BusTask {
             }
         }
         info!(bus = %self.bus.name, "stopped");
+    }
+
+    /// Carries one lent request, which waited `waited_ms` for the line, and answers it.
+    async fn carry(&mut self, lent: Lent, waited_ms: u64) {
+        let bus = &self.bus.name;
+        match lent {
+            Lent::File { request, done } => {
+                let started = Instant::now();
+                let result = self.link.file_request(&request).await;
+                let label = lend::result_label(&result);
+                self.metrics
+                    .lent_requests
+                    .get_or_create(&crate::metrics::BusResultLabels {
+                        bus: bus.clone(),
+                        result: label.into(),
+                    })
+                    .inc();
+                match &result {
+                    Ok(_) => debug!(
+                        %bus, unit = request.unit(), waited_ms,
+                        took_ms = started.elapsed().as_millis() as u64, "lent: {request}"
+                    ),
+                    Err(e) => warn!(
+                        %bus, unit = request.unit(), waited_ms, endpoint = %self.link.endpoint(),
+                        "lent: {request}: {e}"
+                    ),
+                }
+                // The transfer may have given up (campaign stopped): nobody to answer.
+                let _ = done.send(result);
+            }
+            Lent::Read {
+                unit,
+                request,
+                done,
+            } => {
+                let result = self.link.read(unit, &request).await;
+                if !matches!(result, ReadResult::Data(_)) {
+                    debug!(%bus, unit, waited_ms, "lent read of {request}: {result:?}");
+                }
+                let _ = done.send(result);
+            }
+        }
     }
 
     /// Reads every request of one poll, stopping at the first that fails.

@@ -9,6 +9,13 @@
 //! The client also hides what it receives: its RTU decoder skips bytes that fail the CRC and
 //! waits on, so garbage on the line ends as a timeout. [`Counted`] counts the bytes that
 //! arrive, which tells a silent device (a true timeout) from one that answered with garbage.
+//!
+//! On a serial line the port is shared with the gateway's own RTU master
+//! ([`crate::rtu_master`]), which carries the file-record requests of a firmware transfer the
+//! bus task lends the line to ([`super::lend`]): tokio-modbus cannot frame their replies, and
+//! the port cannot be opened twice (it is locked). Both ends are used by the bus task only,
+//! one request at a time, so they never interleave on the wire; a failure on either drops
+//! both, and the port is reopened and flushed as above.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,9 +30,11 @@ use tokio_modbus::client::{Context, Reader};
 use tokio_modbus::prelude::{Slave, SlaveContext};
 use tokio_serial::SerialPortBuilderExt;
 
+use super::lend::FileRequest;
 use super::plan::ReadRequest;
 use super::scheduler::Outcome;
 use crate::config::{Link, Parity, StopBits};
+use crate::rtu_master::{RtuError, RtuMaster, SerialLine};
 use tianzhong_protocol::registers::RegisterTable;
 
 /// An I/O stream that counts the bytes read from it.
@@ -65,6 +74,56 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     }
 }
 
+/// A serial port shared by the bus's tokio-modbus client and its RTU master. The lock is
+/// never contended: the bus task uses one end at a time; it only lets both ends own the port.
+#[derive(Clone, Debug)]
+pub struct SharedPort(Arc<std::sync::Mutex<tokio_serial::SerialStream>>);
+
+impl SharedPort {
+    fn with<R>(&self, f: impl FnOnce(Pin<&mut tokio_serial::SerialStream>) -> R) -> R {
+        let mut port = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(Pin::new(&mut port))
+    }
+}
+
+impl AsyncRead for SharedPort {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.with(|p| p.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for SharedPort {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.with(|p| p.poll_write(cx, buf))
+    }
+    /// A serial port's flush is `tcdrain`, which blocks until the frame has left the UART:
+    /// 280 ms for a 256-byte frame at 9600 baud. It is kept (on a pseudo-terminal it is also
+    /// what keeps frames apart when the other end reads late), but on a multi-threaded runtime
+    /// it is waited out with the worker's other tasks handed to another thread, so a transfer's
+    /// frames do not stall the gateway.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let multi =
+            Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+        if multi {
+            tokio::task::block_in_place(|| self.with(|p| p.poll_flush(cx)))
+        } else {
+            self.with(|p| p.poll_flush(cx))
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        self.with(|p| p.poll_shutdown(cx))
+    }
+}
+
 /// How one read ended, in more detail than the scheduler needs.
 #[derive(Debug)]
 pub enum ReadResult {
@@ -100,6 +159,11 @@ pub struct BusLink {
     timeout: Duration,
     context: Option<Context>,
     received: Arc<AtomicU64>,
+    /// On a serial line, the RTU master on the same port, for lent file-record requests.
+    files: Option<RtuMaster<SerialLine<SharedPort>>>,
+    /// Whether the last frame on the line was tokio-modbus's, which keeps no t3.5 after a
+    /// reply: the RTU master then keeps it before its own frame.
+    polled_last: bool,
 }
 
 impl BusLink {
@@ -110,6 +174,8 @@ impl BusLink {
             timeout,
             context: None,
             received: Arc::default(),
+            files: None,
+            polled_last: false,
         }
     }
 
@@ -167,6 +233,14 @@ impl BusLink {
                     // answer to the next one.
                     let _ =
                         tokio_serial::SerialPort::clear(&port, tokio_serial::ClearBuffer::Input);
+                    let port = SharedPort(Arc::new(std::sync::Mutex::new(port)));
+                    self.files = Some(RtuMaster::new(
+                        SerialLine::new(port.clone(), *baud),
+                        0,
+                        *baud,
+                        self.timeout,
+                    ));
+                    self.polled_last = false;
                     tokio_modbus::client::rtu::attach(Counted {
                         inner: port,
                         received: Arc::clone(&received),
@@ -182,6 +256,7 @@ impl BusLink {
     /// Drops the connection; the next read reopens it. On a serial line, waits a silence
     /// first so that a late answer has finished before the port is flushed.
     pub async fn reset(&mut self) {
+        self.files = None;
         if self.context.take().is_some() && matches!(self.link, Link::Rtu { .. }) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -196,6 +271,7 @@ impl BusLink {
         let received = Arc::clone(&self.received);
         let before = received.load(Relaxed);
         let context = self.context.as_mut().expect("opened above");
+        self.polled_last = true;
         context.set_slave(Slave(unit));
         let call = async {
             match request.table {
@@ -237,6 +313,59 @@ impl BusLink {
             Ok(Err(tokio_modbus::Error::Transport(e))) => ReadResult::LinkError(e.to_string()),
         };
         if !matches!(result, ReadResult::Data(_) | ReadResult::Exception(_)) {
+            self.reset().await;
+        }
+        result
+    }
+
+    /// Carries one lent file-record request on a serial line, through the RTU master on the
+    /// bus's port: registers read, or none for a write. A reply that did not come, or came
+    /// damaged, may still be on its way: the port is then dropped and reopened, as after a
+    /// failed read.
+    pub async fn file_request(&mut self, request: &FileRequest) -> Result<Vec<u16>, RtuError> {
+        if !matches!(self.link, Link::Rtu { .. }) {
+            return Err(RtuError::Protocol(
+                "file-record requests are lent on serial lines only".into(),
+            ));
+        }
+        self.open().await?;
+        let after_poll = std::mem::replace(&mut self.polled_last, false);
+        let master = self.files.as_mut().expect("a serial line opens its master");
+        if after_poll {
+            let t3_5 = master.t3_5;
+            crate::rtu_master::RtuLine::silence(&mut master.line, t3_5).await;
+        }
+        let result = match request {
+            FileRequest::Write {
+                unit,
+                file,
+                record,
+                regs,
+            } => {
+                master.unit = *unit;
+                master
+                    .write_file(*file, *record, regs)
+                    .await
+                    .map(|()| Vec::new())
+            }
+            FileRequest::Broadcast { file, record, regs } => master
+                .broadcast_file(*file, *record, regs)
+                .await
+                .map(|()| Vec::new()),
+            FileRequest::Read {
+                unit,
+                file,
+                record,
+                count,
+            } => {
+                master.unit = *unit;
+                master.read_file(*file, *record, *count).await
+            }
+        };
+        if matches!(
+            result,
+            Err(RtuError::Timeout | RtuError::Protocol(_) | RtuError::Io(_))
+        ) {
             self.reset().await;
         }
         result

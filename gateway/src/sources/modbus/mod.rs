@@ -7,9 +7,11 @@
 //! | [`device`] | what one device reads and how its answers become records (sans-IO) |
 //! | [`link`] | the tokio-modbus client over TCP or a serial line, with the timeout it lacks |
 //! | [`bus`] | the task that runs a bus: scheduler, link, decoding, metrics, events |
+//! | [`lend`] | a serial bus's line lent to firmware transfers between polls: requests, turns |
 
 pub mod bus;
 pub mod device;
+pub mod lend;
 pub mod link;
 pub mod plan;
 pub mod scheduler;

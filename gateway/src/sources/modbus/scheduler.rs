@@ -438,6 +438,15 @@ impl BusScheduler {
         &self.config
     }
 
+    /// When the next poll is due, without granting it; `None` while a request is in flight.
+    /// For a caller that shares the bus with other work ([`super::lend`]).
+    pub fn due_ms(&self) -> Option<u64> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        self.queue.peek().map(|Reverse((due_ms, _, _))| *due_ms)
+    }
+
     /// What to do at `now_ms`: send a request, wait, or wait for the outstanding one.
     ///
     /// A [`Next::Poll`] hands the bus to the device until its outcome is reported; until then
