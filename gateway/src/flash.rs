@@ -737,7 +737,7 @@ pub struct FlashArgs {
     /// Update the node through the running gateway of --config, as this engineer (a one-node
     /// campaign; the password in TIANZHONG_PASSWORD): for a node on a Modbus RTU bus the
     /// gateway polls, whose serial port it holds.
-    #[arg(long, requires = "node")]
+    #[arg(long, requires_all = ["node", "config"], conflicts_with = "mqtt")]
     pub user: Option<String>,
     /// The signed image (`tianzhong firmware sign`).
     pub image: std::path::PathBuf,
