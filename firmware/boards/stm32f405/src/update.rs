@@ -290,9 +290,9 @@ mod ram_windows {
                 let out = &mut bytes[done..done + n];
                 match self.window(at) {
                     Some((ram, i)) => {
-                        let held = ram.len().saturating_sub(i).min(n);
-                        out[..held].copy_from_slice(&ram[i..i + held]);
-                        out[held..].fill(0xFF);
+                        let held = ram.get(i..).map_or(&[][..], |r| &r[..r.len().min(n)]);
+                        out[..held.len()].copy_from_slice(held);
+                        out[held.len()..].fill(0xFF);
                     }
                     None => self
                         .rom
