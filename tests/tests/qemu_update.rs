@@ -6,7 +6,7 @@
 //! finish's SHA-256 and ed25519 checks, then resets into the bootloader after its reply.
 //!
 //! QEMU models the flash as ROM, so the QEMU application receives into RAM windows over it
-//! (the board crate's `update::RamWindows`, 4 KiB for the slot): the image here is small, and
+//! (the board crate's `update::RamWindows`, 1 KiB for the slot): the image here is small, and
 //! the reset clears what was received, so the bootloader boots slot A again. That the node
 //! staged the image is its answer to the finish (the files acknowledge a finish only once the
 //! image is checked and staged); that it then reset is the bootloader's line on the serial port.
@@ -41,10 +41,10 @@ const BAUD: u32 = 115_200;
 /// need more than that between them.
 const QEMU_GAP: Duration = Duration::from_millis(50);
 
-/// A 2 KiB payload signed for `model` as 1.1.0 with the TEST key the QEMU build trusts:
-/// 2708 bytes, 22 chunks of 128, inside the QEMU node's 4 KiB slot window.
+/// A 256-byte payload signed for `model` as 1.1.0 with the TEST key the QEMU build trusts:
+/// 916 bytes, 8 chunks of 128, inside the QEMU node's 1 KiB slot window.
 fn small_image(model: &str) -> Vec<u8> {
-    let payload: Vec<u8> = (0..2048u32).map(|i| (i * 7 + 3) as u8).collect();
+    let payload: Vec<u8> = (0..256u32).map(|i| (i * 7 + 3) as u8).collect();
     let secret = firmware_cli::read_key(KeyKind::Private, &test_key()).expect("the TEST key");
     let request = SignRequest {
         model: model.into(),
@@ -88,9 +88,9 @@ async fn qemu_node_receives_checks_and_stages_an_image_over_its_rtu_line() {
         other => panic!("a wrong-model image must be refused at the offer: {other:?}"),
     }
 
-    // Chunk by chunk, stopped after 8 chunks: the node keeps what it has.
+    // Chunk by chunk, stopped after 3 chunks: the node keeps what it has.
     let stopped = flash_rtu(&mut master, &image, RtuMode::Plain, |p| {
-        if p.done >= 8 * 128 {
+        if p.done >= 3 * 128 {
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())
@@ -100,17 +100,17 @@ async fn qemu_node_receives_checks_and_stages_an_image_over_its_rtu_line() {
     let Err(FlashError::Cancelled { next_chunk }) = stopped else {
         panic!("the first run stops itself: {stopped:?}");
     };
-    assert_eq!(next_chunk, 8);
+    assert_eq!(next_chunk, 3);
 
     // A chunk damaged on the way is refused with its reason, and the transfer goes on.
-    let bytes = &image[8 * 128..9 * 128];
+    let bytes = &image[3 * 128..4 * 128];
     let mut regs: Vec<u16> = bytes
         .chunks(2)
         .map(|p| u16::from_be_bytes([p[0], p[1]]))
         .collect();
     let crc = tianzhong_protocol::crc::FRAME.checksum(bytes) ^ 1;
     regs.extend([(crc >> 16) as u16, crc as u16]);
-    let damaged = master.write_file(0xF001, 8, &regs).await;
+    let damaged = master.write_file(0xF001, 3, &regs).await;
     assert!(
         matches!(damaged, Err(RtuError::Exception(3))),
         "{damaged:?}"
@@ -118,9 +118,9 @@ async fn qemu_node_receives_checks_and_stages_an_image_over_its_rtu_line() {
     let status = master.read_file(0xF003, 0, 8).await.expect("status");
     assert_eq!(status[0], 1, "still receiving");
     assert_eq!(status[5], 15, "chunk CRC mismatch");
-    assert_eq!((status[1], status[2]), (0, 8), "chunk 8 wanted next");
+    assert_eq!((status[1], status[2]), (0, 3), "chunk 3 wanted next");
 
-    // Offered again, the transfer resumes at chunk 8; the rest goes as a broadcast stream, and
+    // Offered again, the transfer resumes at chunk 3; the rest goes as a broadcast stream, and
     // the finish checks the image's size, SHA-256, key, signature, hardware and counter.
     let started = Instant::now();
     let report = flash_rtu(&mut master, &image, RtuMode::default(), |_| {
@@ -129,12 +129,12 @@ async fn qemu_node_receives_checks_and_stages_an_image_over_its_rtu_line() {
     .await
     .expect("the node takes, checks and stages the image");
     let took = started.elapsed();
-    assert_eq!(report.resumed_at, 8);
-    assert_eq!(report.chunks, 22);
+    assert_eq!(report.resumed_at, 3);
+    assert_eq!(report.chunks, 8);
     assert!(report.stream_writes > 0, "streamed: {report:?}");
     assert!(!report.fell_back, "{report:?}");
     eprintln!(
-        "resumed transfer of {} bytes (chunks 8..22) and finish: {took:?}; {report:?}",
+        "resumed transfer of {} bytes (chunks 3..8) and finish: {took:?}; {report:?}",
         image.len()
     );
     drop(master);

@@ -173,14 +173,15 @@ fn run<B: Board, DE: DriverEnable>(mut parts: Parts<B, DE>) -> ! {
         .files_flash(running.slot)
         .and_then(|flash| Updates::new(flash, running.slot));
     let mut reply = [0u8; 256];
-    let mut received = heapless::Vec::<(u8, u32), 256>::new();
 
     loop {
-        received.clear();
-        parts.link.drain(&mut received);
+        // Counted before the clock is read: `extend` takes only times from before `now_us`.
+        let pending = parts.link.pending();
         let now_us = parts.clock.now_us();
-        for (byte, raw) in &received {
-            slave.on_byte(*byte, parts.clock.extend(*raw));
+        for _ in 0..pending {
+            if let Some((byte, raw)) = parts.link.pop() {
+                slave.on_byte(byte, parts.clock.extend(raw));
+            }
         }
         let answer = match updates.as_mut() {
             Some(u) => slave.poll(now_us, &mut u.bank(&mut core), &mut reply),

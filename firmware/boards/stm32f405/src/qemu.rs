@@ -12,7 +12,7 @@
 //! - reads its boot state and image header from the flash QEMU loaded (ROM: a trial image's
 //!   confirm cannot be written, so its trial ends at the time limit);
 //! - receives updates into RAM windows over that ROM (`update::RamWindows`): the boot-state and
-//!   transfer sectors and the first 4 KiB of the slot not running, enough for the whole
+//!   transfer sectors and the first 1 KiB of the slot not running, enough for the whole
 //!   transfer (offer, chunks, resume, the finish's hash and signature check) on a small image;
 //!   a reset clears them;
 //! - prints `TIANZHONG READY` on USART1 once receiving is enabled: QEMU drops bytes sent to a

@@ -189,14 +189,15 @@ mod ram_windows {
     use crate::flash::{ERASE_SIZE, RomFlash};
     use crate::slots::LAYOUT;
 
-    /// RAM for each boot-state sector: 16 records, where an update appends one or two.
-    pub const STATE_WINDOW: usize = 256;
+    /// RAM for each boot-state sector: 4 records, where an update appends one or two.
+    pub const STATE_WINDOW: usize = 64;
     /// RAM for the transfer sector: the 128-byte manifest area and the progress records of
-    /// 32 chunks, which covers [`SLOT_WINDOW`] in the gateway's 128-byte chunks.
-    pub const TRANSFER_WINDOW: usize = 128 + 32 * 8;
-    /// RAM for the slot being written: the largest image (header, payload, trailer) the QEMU
-    /// node takes.
-    pub const SLOT_WINDOW: usize = 4096;
+    /// 8 chunks, which covers [`SLOT_WINDOW`] in the gateway's 128-byte chunks.
+    pub const TRANSFER_WINDOW: usize = 128 + 8 * 8;
+    /// RAM for the slot being written: the largest image (512-byte header, payload, trailer)
+    /// the QEMU node takes, so a payload of at most 364 bytes. Small because the finish's
+    /// signature check needs about 12 KiB of stack, and the budget is 16 KiB of RAM.
+    pub const SLOT_WINDOW: usize = 1024;
 
     /// QEMU's flash as the update receiver sees it: the chip's geometry and [`LAYOUT`], read
     /// from the ROM QEMU loaded, except the two boot-state sectors, the transfer sector and the
