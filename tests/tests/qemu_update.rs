@@ -137,7 +137,6 @@ async fn qemu_node_receives_checks_and_stages_an_image_over_its_rtu_line() {
         "resumed transfer of {} bytes (chunks 3..8) and finish: {took:?}; {report:?}",
         image.len()
     );
-    drop(master);
 
     // The finish was answered, then the node reset: the bootloader speaks, the RAM the image
     // was received into is gone, so it boots the confirmed image in slot A again.
