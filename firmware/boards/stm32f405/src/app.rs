@@ -20,12 +20,11 @@ use tianzhong_firmware::modbus::slave::RtuSlave;
 use tianzhong_firmware::node::config::NodeConfig;
 use tianzhong_firmware::node::{BootInfo, NodeCore, NodeIdentity, Sample};
 use tianzhong_firmware::update::{BootState, Slot, TrialLimit, TrialStep, TrialWatch, verify};
-
-use update::Updates;
 use tianzhong_protocol::registers::profile::FirmwareVersion;
 
 use clock::{MicroClock, WakeTimer};
 use link::{DriverEnable, Link};
+use update::Updates;
 
 /// What the main loop needs from a board.
 pub trait Board {
