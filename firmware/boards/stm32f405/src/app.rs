@@ -11,6 +11,7 @@ mod link;
 mod qemu;
 mod sensors;
 mod slots;
+mod update;
 
 use cortex_m_rt::{entry, exception};
 use embedded_storage::nor_flash::NorFlash;
@@ -23,11 +24,15 @@ use tianzhong_protocol::registers::profile::FirmwareVersion;
 
 use clock::{MicroClock, WakeTimer};
 use link::{DriverEnable, Link};
+use update::Updates;
 
 /// What the main loop needs from a board.
 pub trait Board {
     /// The flash holding the boot state and the firmware slots, offsets from its start.
     type UpdateFlash: NorFlash;
+    /// The flash the update files write: the boot state, the transfer sector and the slot
+    /// not running, as offsets from the start of flash.
+    type FilesFlash: NorFlash;
 
     /// Why and how often the MCU has reset.
     fn boot_info(&self) -> BootInfo;
@@ -43,6 +48,8 @@ pub trait Board {
     fn save_config(&mut self, config: &NodeConfig) -> bool;
     /// The flash holding the boot state and the firmware slots.
     fn update_flash(&mut self) -> &mut Self::UpdateFlash;
+    /// The flash for the update files of an application running from `running`; called once.
+    fn files_flash(&mut self, running: Option<Slot>) -> Option<Self::FilesFlash>;
 }
 
 /// How long an image on trial may run before the gateway's health poll confirms it. The QEMU
@@ -160,17 +167,26 @@ fn run<B: Board, DE: DriverEnable>(mut parts: Parts<B, DE>) -> ! {
     let Ok(mut slave) = RtuSlave::new(unit, parts.timing) else {
         panic!("unit address validated by the configuration");
     };
+    let mut updates = parts
+        .board
+        .files_flash(running.slot)
+        .and_then(|flash| Updates::new(flash, running.slot));
     let mut reply = [0u8; 256];
-    let mut received = heapless::Vec::<(u8, u32), 256>::new();
 
     loop {
-        received.clear();
-        parts.link.drain(&mut received);
+        // Counted before the clock is read: `extend` takes only times from before `now_us`.
+        let pending = parts.link.pending();
         let now_us = parts.clock.now_us();
-        for (byte, raw) in &received {
-            slave.on_byte(*byte, parts.clock.extend(*raw));
+        for _ in 0..pending {
+            if let Some((byte, raw)) = parts.link.pop() {
+                slave.on_byte(byte, parts.clock.extend(raw));
+            }
         }
-        if let Some(n) = slave.poll(now_us, &mut core, &mut reply) {
+        let answer = match updates.as_mut() {
+            Some(u) => slave.poll(now_us, &mut u.bank(&mut core), &mut reply),
+            None => slave.poll(now_us, &mut core, &mut reply),
+        };
+        if let Some(n) = answer {
             parts.link.send(&reply[..n]);
             // Function code without the exception bit: a request served, the health poll.
             if n > 1 && reply[1] & 0x80 == 0 {
@@ -185,6 +201,11 @@ fn run<B: Board, DE: DriverEnable>(mut parts: Parts<B, DE>) -> ! {
                     _ => {}
                 }
             }
+        }
+        // A finish that staged an image was answered above (its last stop bit has left):
+        // reset into the bootloader, which boots the image on trial.
+        if updates.as_mut().is_some_and(|u| u.staged()) {
+            cortex_m::peripheral::SCB::sys_reset();
         }
         core.set_crc_errors(slave.stats().crc_errors);
 

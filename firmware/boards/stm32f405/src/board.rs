@@ -7,9 +7,10 @@
 //! | gas bridge, 4–20 mA shunt | ADC1 channels 1 and 2 | PA1, PA2 |
 //! | rain gauge reed switch | TIM5 channel 1 as external clock, input filter on | PA0 |
 //! | relay 1, relay 2 / buzzer, fault relay | GPIO outputs | PB12, PB13, PB14 |
-//! | watchdog | IWDG, 2 s | — |
+//! | watchdog | IWDG, 2 s; 8 s while the flash erases a sector | — |
 //! | configuration | flash sectors 10 and 11 (see `memory.x`) | — |
 //! | boot state (confirming a trial image) | flash sectors 5 and 6 | — |
+//! | update files (receiving an image) | flash sectors 5–9 | — |
 //!
 //! The fault relay is energised while the node is healthy, so a dead node, a cut wire or a
 //! lost supply all read as a fault at the control room.
@@ -24,7 +25,9 @@ use stm32f4xx_hal::pac::{self, ADC1, I2C1, TIM5};
 use stm32f4xx_hal::prelude::*;
 use stm32f4xx_hal::rcc::{Config as ClockConfig, Enable, Reset};
 use stm32f4xx_hal::serial::Config;
+use embedded_storage::nor_flash::{ErrorType, NorFlash, ReadNorFlash};
 use stm32f4xx_hal::watchdog::IndependentWatchdog;
+use tianzhong_firmware::update::Slot;
 use tianzhong_firmware::hal::{AdcChannel, PulseCounter};
 use tianzhong_firmware::modbus::RtuTiming;
 use tianzhong_firmware::node::alarm::outputs;
@@ -37,6 +40,7 @@ use crate::clock::{ClockDelay, MicroClock, WakeTimer};
 use crate::flash::ChipFlash;
 use crate::link::{DriverEnable, Link};
 use crate::sensors::Sensors;
+use crate::update::Shared;
 use crate::{Board, Parts};
 
 /// Configuration slots: flash sectors 10 and 11, as offsets from the start of flash.
@@ -53,6 +57,79 @@ impl DriverEnable for DePin {
         self.0.set_state(transmit.into());
     }
 }
+
+/// The watchdog period.
+const WATCHDOG_MS: u32 = 2000;
+
+/// The watchdog period while a 128 KiB sector erases. The HAL erases with 8-bit parallelism:
+/// 2 s typically, 4 s at most (STM32F405 datasheet, t_ERASE128KB), and the CPU stalls
+/// throughout, so nothing can feed the watchdog. The IWDG runs from the LSI, which may be as
+/// fast as 47 kHz against the nominal 32 kHz: 8 s nominal is still 5.4 s.
+const ERASE_WATCHDOG_MS: u32 = 8000;
+
+/// CPU cycles (1 ms at 168 MHz) for a new IWDG reload value to reach the watchdog's clock
+/// domain: up to 5 LSI cycles, 0.3 ms at the slowest LSI (17 kHz). A reload before that may
+/// still load the old value.
+const IWDG_UPDATE_CYCLES: u32 = 168_000;
+
+/// The chip's flash with the watchdog that must not bite while it erases.
+pub struct WatchedFlash {
+    flash: ChipFlash,
+    watchdog: IndependentWatchdog,
+}
+
+impl WatchedFlash {
+    /// Sets the watchdog to `ms` and reloads it with that period.
+    fn set_watchdog(&mut self, ms: u32) {
+        self.watchdog.start(ms.millis());
+        cortex_m::asm::delay(IWDG_UPDATE_CYCLES);
+        self.watchdog.feed();
+    }
+}
+
+impl ErrorType for WatchedFlash {
+    type Error = <ChipFlash as ErrorType>::Error;
+}
+
+impl ReadNorFlash for WatchedFlash {
+    const READ_SIZE: usize = ChipFlash::READ_SIZE;
+
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        self.flash.read(offset, bytes)
+    }
+
+    fn capacity(&self) -> usize {
+        self.flash.capacity()
+    }
+}
+
+impl NorFlash for WatchedFlash {
+    const WRITE_SIZE: usize = ChipFlash::WRITE_SIZE;
+    const ERASE_SIZE: usize = ChipFlash::ERASE_SIZE;
+
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        // One sector at a time, the watchdog widened for each: `to` may span several.
+        let mut sector = from;
+        let mut result = Ok(());
+        while sector < to && result.is_ok() {
+            let end = (sector + Self::ERASE_SIZE as u32).min(to);
+            self.set_watchdog(ERASE_WATCHDOG_MS);
+            result = self.flash.erase(sector, end);
+            self.set_watchdog(WATCHDOG_MS);
+            sector = end;
+        }
+        result
+    }
+
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        // Byte programming takes 16 µs typically, 100 µs at most: a 128-byte chunk stays far
+        // inside the watchdog's period.
+        self.flash.write(offset, bytes)
+    }
+}
+
+/// The flash as the configuration store, the boot state and the update files share it.
+pub type BoardFlash = Shared<WatchedFlash>;
 
 type SharedAdc = RefCell<Adc<ADC1>>;
 
@@ -127,8 +204,8 @@ pub struct Hardware {
     relay_1: Pin<'B', 12, Output<PushPull>>,
     relay_2: Pin<'B', 13, Output<PushPull>>,
     fault_relay: Pin<'B', 14, Output<PushPull>>,
-    watchdog: IndependentWatchdog,
-    store: ConfigStore<ChipFlash>,
+    flash: BoardFlash,
+    store: ConfigStore<BoardFlash>,
     stored: Option<NodeConfig>,
     boot: BootInfo,
 }
@@ -165,9 +242,17 @@ pub fn init() -> Parts<Hardware, DePin> {
     let clocks = rcc.clocks;
 
     let mut watchdog = IndependentWatchdog::new(dp.IWDG);
-    watchdog.start(2000.millis());
+    watchdog.start(WATCHDOG_MS.millis());
 
-    let mut store = ConfigStore::new(ChipFlash::new(dp.FLASH), CONFIG_SLOTS);
+    let watched = WatchedFlash {
+        flash: ChipFlash::new(dp.FLASH),
+        watchdog,
+    };
+    let Some(cell) = cortex_m::singleton!(: RefCell<WatchedFlash> = RefCell::new(watched)) else {
+        panic!("flash singleton")
+    };
+    let flash = Shared::new(cell);
+    let mut store = ConfigStore::new(flash, CONFIG_SLOTS);
     let stored = store.load().ok().flatten().map(|l| l.config);
     let link_config = stored.unwrap_or_else(|| NodeConfig::factory(&crate::CHANNELS));
 
@@ -222,7 +307,7 @@ pub fn init() -> Parts<Hardware, DePin> {
         relay_1: gpiob.pb12.into_push_pull_output(),
         relay_2: gpiob.pb13.into_push_pull_output(),
         fault_relay: gpiob.pb14.into_push_pull_output(),
-        watchdog,
+        flash,
         store,
         stored,
         // Counting resets needs a battery-backed register this board does not wire.
@@ -241,7 +326,8 @@ pub fn init() -> Parts<Hardware, DePin> {
 }
 
 impl Board for Hardware {
-    type UpdateFlash = ChipFlash;
+    type UpdateFlash = BoardFlash;
+    type FilesFlash = BoardFlash;
 
     fn boot_info(&self) -> BootInfo {
         self.boot
@@ -266,14 +352,18 @@ impl Board for Hardware {
     }
 
     fn feed_watchdog(&mut self) {
-        self.watchdog.feed();
+        self.flash.with(|f| f.watchdog.feed());
     }
 
     fn save_config(&mut self, config: &NodeConfig) -> bool {
         self.store.save(config).is_ok()
     }
 
-    fn update_flash(&mut self) -> &mut ChipFlash {
+    fn update_flash(&mut self) -> &mut BoardFlash {
         self.store.flash_mut()
+    }
+
+    fn files_flash(&mut self, _running: Option<Slot>) -> Option<BoardFlash> {
+        Some(self.flash)
     }
 }

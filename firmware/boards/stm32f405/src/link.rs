@@ -42,15 +42,16 @@ impl<DE: DriverEnable> Link<DE> {
         Link { tx, de }
     }
 
-    /// Takes every byte received so far, oldest first.
-    pub fn drain(&mut self, out: &mut heapless::Vec<(u8, u32), 256>) {
-        critical_section::with(|cs| {
-            let mut q = QUEUE.borrow(cs).borrow_mut();
-            while let Some(item) = q.pop_front() {
-                // Cannot overflow: both hold 256.
-                let _ = out.push(item);
-            }
-        });
+    /// Bytes received and not taken yet.
+    pub fn pending(&self) -> usize {
+        critical_section::with(|cs| QUEUE.borrow(cs).borrow().len())
+    }
+
+    /// Takes the oldest byte received, with its raw TIM2 time. One at a time rather than
+    /// all into a buffer: a 256-entry copy would cost the main loop 2 KiB of stack, which the
+    /// update's signature check needs.
+    pub fn pop(&mut self) -> Option<(u8, u32)> {
+        critical_section::with(|cs| QUEUE.borrow(cs).borrow_mut().pop_front())
     }
 
     /// Whether bytes are waiting.

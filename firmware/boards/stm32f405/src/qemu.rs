@@ -11,6 +11,10 @@
 //! - keeps its configuration in a RAM-backed `NorFlash` through the real two-slot store;
 //! - reads its boot state and image header from the flash QEMU loaded (ROM: a trial image's
 //!   confirm cannot be written, so its trial ends at the time limit);
+//! - receives updates into RAM windows over that ROM (`update::RamWindows`): the boot-state and
+//!   transfer sectors and the first 1 KiB of the slot not running, enough for the whole
+//!   transfer (offer, chunks, resume, the finish's hash and signature check) on a small image;
+//!   a reset clears them;
 //! - prints `TIANZHONG READY` on USART1 once receiving is enabled: QEMU drops bytes sent to a
 //!   USART before it is enabled, so the host waits for the marker before polling.
 
@@ -24,12 +28,15 @@ use tianzhong_firmware::node::config::NodeConfig;
 use tianzhong_firmware::node::{BootInfo, Sample};
 use tianzhong_protocol::registers::profile::ResetReason;
 
+use tianzhong_firmware::update::Slot;
+
 use tianzhong_firmware::sim::{SimAdc, SimCounter, SimI2cBus, SimScd4x, SimSht4x};
 
 use crate::clock::{ClockDelay, MicroClock, WakeTimer};
 use crate::flash::RomFlash;
 use crate::link::{DriverEnable, Link};
 use crate::sensors::{self, Sensors};
+use crate::update::RamWindows;
 use crate::{Board, Parts};
 
 /// QEMU's STM32 timers count at 1 GHz whatever the (unmodelled) clock tree says.
@@ -140,6 +147,7 @@ pub fn init() -> Parts<QemuBoard, NoDriverEnable> {
 
 impl Board for QemuBoard {
     type UpdateFlash = RomFlash;
+    type FilesFlash = RamWindows;
 
     fn boot_info(&self) -> BootInfo {
         BootInfo {
@@ -169,5 +177,9 @@ impl Board for QemuBoard {
 
     fn update_flash(&mut self) -> &mut RomFlash {
         &mut self.flash
+    }
+
+    fn files_flash(&mut self, running: Option<Slot>) -> Option<RamWindows> {
+        RamWindows::new(RomFlash::new(), running)
     }
 }
