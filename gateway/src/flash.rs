@@ -59,6 +59,11 @@ use crate::rtu_master::{FileMaster, RtuError, RtuMaster, SerialLine};
 /// write-file-record request.
 pub const CHUNK: u16 = 128;
 const OFFER_FILE: u16 = 0xF000;
+/// How long an unanswered offer is repeated over RTU: a sector erase on the node (4 s at most
+/// on an STM32F405's 128 KiB sectors) with room to spare.
+pub const OFFER_PATIENCE: Duration = Duration::from_secs(10);
+/// The pause before an unanswered offer is sent again.
+const OFFER_PAUSE: Duration = Duration::from_millis(500);
 const CHUNK_FILE: u16 = 0xF001;
 const FINISH_FILE: u16 = 0xF002;
 const STATUS_FILE: u16 = 0xF003;
@@ -574,8 +579,24 @@ pub async fn flash_rtu<M: FileMaster>(
     let mut offer = regs(&image[..HEADER_LEN]);
     offer.extend(regs(&digest));
     offer.push(CHUNK);
-    if let Err(e) = master.write_file(OFFER_FILE, 0, &offer).await {
-        return Err(rtu_refused(master, "offer", e).await);
+    // A node erases its transfer sector before it answers an offer: up to 4 s for a 128 KiB
+    // sector on an STM32F405, longer than one request's timeout. An unanswered offer is sent
+    // again after a pause — the same image's offer resumes what the node recorded instead of
+    // erasing again — until OFFER_PATIENCE has passed.
+    let offered = Instant::now();
+    loop {
+        match master.write_file(OFFER_FILE, 0, &offer).await {
+            Ok(()) => break,
+            Err(RtuError::Timeout) if offered.elapsed() < OFFER_PATIENCE => {
+                tracing::info!(
+                    unit = master.unit(),
+                    file = OFFER_FILE,
+                    "offer unanswered (the node may be erasing); offering again"
+                );
+                tokio::time::sleep(OFFER_PAUSE).await;
+            }
+            Err(e) => return Err(rtu_refused(master, "offer", e).await),
+        }
     }
     let (_, mut next, chunks, _) = rtu_status(master, "status").await?;
     let expected = image.len().div_ceil(usize::from(CHUNK)) as u32;

@@ -88,6 +88,35 @@ async fn a_stream_with_every_37th_write_lost_stages_the_image_and_counts_the_rep
     assert_eq!(other.slot_bytes(1, image.len()), &other_before[..]);
 }
 
+/// A node busy erasing its transfer sector does not answer the offer in time: the offer is
+/// repeated (not given up), and the transfer then runs as usual.
+#[tokio::test]
+async fn an_offer_left_unanswered_while_the_node_erases_is_made_again() {
+    let image = image(4 * 1024);
+    let mut m = master(vec![LineNode::new(UNIT, BAUD)]);
+    // The first two offers (function 21 to the unit, file 0xF000) are lost on the line.
+    let mut lost_offers = 0;
+    m.line.lose_frames(Box::new(move |_, adu| {
+        let offer = adu.len() > 6 && adu[0] == UNIT && adu[1] == 0x15 && adu[4..6] == [0xF0, 0x00];
+        if offer && lost_offers < 2 {
+            lost_offers += 1;
+            return true;
+        }
+        false
+    }));
+    flash_rtu(&mut m, &image, RtuMode::Stream { window: 16 }, |_| {
+        ControlFlow::Continue(())
+    })
+    .await
+    .expect("the flash completes after the offer is repeated");
+    assert_eq!(
+        m.line.stats.frames_lost, 2,
+        "both lost offers were the repeated ones"
+    );
+    assert_eq!(m.line.nodes[0].status()[0], 2, "staged");
+    assert_eq!(m.line.nodes[0].slot_bytes(1, image.len()), &image[..]);
+}
+
 #[tokio::test]
 async fn plain_chunk_writes_still_work_over_the_rtu_master() {
     let image = image(8 * 1024);
