@@ -26,8 +26,10 @@
 //! | [`stub`] | for the drills: an HTTP stub of InfluxDB's write endpoint (scripted failures, a poisoned batch, going down and up, forwarding as a tap), line protocol parsed back, a VictoriaMetrics that stops and starts, a fleet on sped-up time, a tmpfs mount |
 //! | [`drill`] | the gateway as a child process (built by cargo, SIGKILLed, restarted), a subscriber with a persistent session, a seeded random source, accounting of sinks' copies against the ground truth |
 //! | [`qemu`] | the STM32F405 board binaries built once, signed with the real signing code, the whole flash composed (boot state by the firmware's own code) and booted under QEMU |
+//! | [`api`] | a running gateway's HTTP API: log in, calls with a token, a campaign followed until it settles |
 //! | [`browser`] | chromedriver and headless Chromium started per test on a free loopback port, offline, with a fresh profile; the screenshot folder |
 
+pub mod api;
 pub mod browser;
 pub mod check;
 pub mod drill;

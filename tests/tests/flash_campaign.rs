@@ -15,7 +15,6 @@
 //!   back to pending, and completes when resumed.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -26,6 +25,7 @@ use tianzhong_protocol::image::signature;
 use tianzhong_protocol::registers::profile::FirmwareVersion;
 use tianzhong_simulator::fault::{Fault, Target, update_failures};
 use tianzhong_simulator::update::{SIM_SIGNING_SECRET, sim_image};
+use tianzhong_tests::api::{Api, free_addr};
 use tianzhong_tests::fleet::{FleetBuilder, GatewaySettings, SimFleet};
 use tianzhong_tests::services::TempDir;
 
@@ -42,82 +42,6 @@ fn version(minor: u8) -> FirmwareVersion {
         major: 1,
         minor,
         patch: 0,
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-}
-
-struct Api {
-    http: SocketAddr,
-    client: reqwest::Client,
-}
-
-impl Api {
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut r = self
-            .client
-            .request(
-                method.parse().unwrap(),
-                format!("http://{}{path}", self.http),
-            )
-            .timeout(Duration::from_secs(30))
-            .header("authorization", format!("Bearer {token}"));
-        if let Some(b) = body {
-            r = r
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn login(&self, user: &str, password: &str) -> String {
-        let resp = self
-            .client
-            .post(format!("http://{}/api/login", self.http))
-            .header("content-type", "application/json")
-            .body(json!({"user": user, "password": password}).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200, "login {user}");
-        let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
-        v["token"].as_str().unwrap().to_owned()
-    }
-
-    /// Polls the campaign until it no longer runs and nothing is in flight.
-    async fn wait_settled(&self, id: u64, token: &str, limit: Duration) -> Value {
-        let deadline = Instant::now() + limit;
-        loop {
-            let (status, v) = self
-                .call("GET", &format!("/api/campaigns/{id}"), token, None)
-                .await;
-            assert_eq!(status, 200, "{v}");
-            if v["status"] != "running" && v["active"] == false {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "campaign {id} still running after {limit:?}: {}",
-                v["counts"]
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
     }
 }
 
@@ -180,10 +104,7 @@ async fn bench(failures: f64) -> (Bench, HashMap<String, Fault>) {
         .await
         .unwrap();
     let admin_password = gateway.first_run_secret().unwrap().to_owned();
-    let api = Api {
-        http,
-        client: reqwest::Client::new(),
-    };
+    let api = Api::new(http);
     let admin = api.login("admin", &admin_password).await;
     for (name, role) in [("eng", "engineer"), ("op", "operator"), ("view", "viewer")] {
         let (status, v) = api

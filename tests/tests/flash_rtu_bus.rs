@@ -15,11 +15,10 @@
 //!   `--user` (`tianzhong_gateway::flash_via`) it updates a third node through the gateway.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use std::ops::ControlFlow;
 
 use tianzhong_gateway::firmware_cli::{KeyKind, encode_key};
@@ -29,6 +28,7 @@ use tianzhong_gateway::probe::ProbeTarget;
 use tianzhong_protocol::image::signature;
 use tianzhong_protocol::registers::profile::FirmwareVersion;
 use tianzhong_simulator::update::{SIM_SIGNING_SECRET, sim_image};
+use tianzhong_tests::api::{Api, free_addr};
 use tianzhong_tests::fleet::{FleetBuilder, GatewaySettings};
 use tianzhong_tests::gateway::wait_until;
 use tianzhong_tests::services::TempDir;
@@ -43,62 +43,6 @@ const POLL_MS: u64 = 500;
 const MAX_GAP_MS: u64 = 3 * POLL_MS;
 /// Image payload: 8 KiB, 37 stream writes of 224 bytes, some 2.6 s of the line at 38400 baud.
 const PAYLOAD: usize = 8 * 1024;
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-}
-
-struct Api {
-    http: SocketAddr,
-    client: reqwest::Client,
-}
-
-impl Api {
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut r = self
-            .client
-            .request(
-                method.parse().unwrap(),
-                format!("http://{}{path}", self.http),
-            )
-            .timeout(Duration::from_secs(30))
-            .header("authorization", format!("Bearer {token}"));
-        if let Some(b) = body {
-            r = r
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn login(&self, user: &str, password: &str) -> String {
-        let resp = self
-            .client
-            .post(format!("http://{}/api/login", self.http))
-            .header("content-type", "application/json")
-            .body(json!({"user": user, "password": password}).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200, "login {user}");
-        let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
-        v["token"].as_str().unwrap().to_owned()
-    }
-}
 
 /// The longest stretch within `[from, to]` (simulated ms) without a read served, given the
 /// sorted times of the reads served.
@@ -150,10 +94,7 @@ async fn a_campaign_over_a_polled_rtu_bus_keeps_the_other_nodes_polled() {
         .await
         .unwrap();
     let metrics = std::sync::Arc::clone(gateway.metrics());
-    let api = Api {
-        http,
-        client: reqwest::Client::new(),
-    };
+    let api = Api::new(http);
     let admin_password = gateway.first_run_secret().unwrap().to_owned();
     let admin = api.login("admin", &admin_password).await;
     let (status, v) = api
